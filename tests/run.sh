@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The test command (README). Sets up everything on a fresh machine, then runs the suite:
+#   system libraries (Debian: PortAudio for sounddevice, the libraries Qt's offscreen
+#   platform loads), a virtual environment in .venv with PyTorch pinned to the CPU build
+#   2.13.0 (an unpinned torch pulls gigabytes of CUDA packages), the project with its dev
+#   extras, then pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    need=()
+    for pkg in libportaudio2 libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0; do
+        dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+    done
+    if [ ${#need[@]} -gt 0 ]; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    fi
+fi
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+
+export QT_QPA_PLATFORM=offscreen
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
