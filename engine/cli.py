@@ -1,0 +1,116 @@
+"""`demixer`: the command line. `demixer FILE...` opens the app; subcommands run headless.
+
+`demixer separate` takes demucs's flag names wherever the meaning is the same, so a demucs
+user's command works. Exit codes: 0 all files done, 1 any file failed (the rest still ran),
+2 usage errors (argparse's own, and settings that cannot work, e.g. CoreML off macOS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.errors import DemixerError
+
+SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor", "bench")
+
+
+def _add_separate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("separate", help="separate audio files into stems (like `demucs`)")
+    p.add_argument("tracks", nargs="+", type=Path, help="audio files (or folders of them)")
+    p.add_argument("-n", "--name", default=None, help="model (default htdemucs_6s)")
+    p.add_argument("--repo", type=Path, help="a demucs-style folder of checkpoints to use")
+    p.add_argument("-o", "--out", type=Path, default=Path("separated"),
+                   help="output folder (default: separated)")
+    p.add_argument("--filename", default="{track}/{stem}.{ext}",
+                   help="output name template: {track} {trackext} {stem} {ext}")
+    p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml"))
+    p.add_argument("--compute-units", default="all", choices=("all", "cpu_and_gpu", "cpu_only"),
+                   help="CoreML compute units (all = Neural Engine when possible)")
+    p.add_argument("--shifts", type=int, default=1, help="random shift passes (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="seed for the shift offsets")
+    p.add_argument("--shift-offsets", default=None,
+                   help="explicit shift offsets in samples, comma separated (reproduces a run)")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--segment", type=float, default=None, help="segment length in seconds")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="CPU threads (0 = all cores)")
+    _add_output_flags(p)
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM only")
+    p.add_argument("--mix", action="append", default=[], metavar="NAME=STEM+STEM",
+                   help="also write a sum of stems, e.g. instrumental=drums+bass+other")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--int24", action="store_true", help="24-bit integer WAV/FLAC")
+    depth.add_argument("--float32", action="store_true", help="32-bit float WAV")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--flac", action="store_true")
+    kind.add_argument("--mp3", action="store_true")
+    p.add_argument("--mp3-bitrate", type=int, default=320)
+    p.add_argument("--clip-mode", default="rescale", choices=("rescale", "clamp", "none"))
+    p.add_argument("--keep-model-rate", action="store_true",
+                   help="write stems at the model's 44.1 kHz instead of the input's rate")
+    p.add_argument("--overwrite", action="store_true", help="replace existing stem files")
+
+
+def _add_make_test_model(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-test-model", help="write a random-weight model (tests, benchmarks)")
+    p.add_argument("--name", default="htdemucs_6s")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="a small architecture instead of the real")
+    p.set_defaults(func=_run_make_test_model)
+
+
+def _run_make_test_model(args: argparse.Namespace) -> int:
+    from engine.testmodel import make_test_model
+
+    for path in make_test_model(args.name, args.out, seed=args.seed, tiny=args.tiny):
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="demixer", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_separate(sub)
+    _add_make_test_model(sub)
+    try:
+        from engine.cli_models import add_doctor_command, add_models_commands
+    except ImportError:  # pragma: no cover - the models commands land with the CoreML work
+        pass
+    else:
+        add_models_commands(sub)
+        add_doctor_command(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
+        return _open_app(argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "separate":
+        from engine.cli_separate import run_separate
+
+        return run_separate(args)
+    try:
+        return int(args.func(args))
+    except DemixerError as err:
+        print(f"demixer: {err}", file=sys.stderr)
+        return 1
+
+
+def _open_app(files: list[str]) -> int:
+    """`demixer [FILE...]`: the window, with the files queued as if dropped."""
+    try:
+        from app.main import run_app
+    except ImportError as err:  # pragma: no cover - a headless install without Qt
+        print(f"demixer: the app cannot start ({err}); use `demixer separate`.",
+              file=sys.stderr)
+        return 2
+    return run_app(files)

@@ -1,0 +1,147 @@
+"""`demixer separate`: many files, one model, one line per file, exit 0/1/2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+from engine.catalogue import default_model
+from engine.errors import DemixerError
+from engine.job import JobEvent, SeparationJob
+from engine.outputs import OutputPlan, parse_mix
+from engine.separator import SeparationOptions, Separator
+from engine.writers import OutputFormat
+
+AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".ogg", ".oga", ".opus",
+                  ".mp3", ".m4a", ".aac", ".alac", ".mp4", ".wma", ".webm", ".mka", ".caf"}
+
+
+def expand_tracks(paths: list[Path]) -> list[Path]:
+    """Folders become the audio files inside them (sorted); other paths stay as given."""
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+            out.extend(found or [path])  # an empty folder fails later with its own message
+        else:
+            out.append(path)
+    return out
+
+
+def options_from(args: argparse.Namespace) -> SeparationOptions:
+    offsets = None
+    if args.shift_offsets:
+        try:
+            offsets = tuple(int(v) for v in args.shift_offsets.split(","))
+        except ValueError:
+            raise DemixerError("--shift-offsets takes whole numbers, e.g. 1200,20000.") from None
+    return SeparationOptions(shifts=args.shifts, overlap=args.overlap, segment=args.segment,
+                             seed=args.seed, shift_offsets=offsets)
+
+
+def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
+    fmt = OutputFormat(container="flac" if args.flac else "mp3" if args.mp3 else "wav",
+                       sample_format="float32" if args.float32 else
+                       "int24" if args.int24 else "int16",
+                       mp3_bitrate=args.mp3_bitrate, clip_mode=args.clip_mode)
+    fmt.validate()
+    return OutputPlan(root=args.out, model_name=model_name, template=args.filename, fmt=fmt,
+                      two_stems=args.two_stems, mixes=tuple(parse_mix(m) for m in args.mix),
+                      keep_model_rate=args.keep_model_rate, overwrite=args.overwrite)
+
+
+def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
+    from engine.pipeline import build_separator
+
+    return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
+                           options=options, progress=_download_printer(),
+                           compute_units=args.compute_units)
+
+
+def _download_printer():  # type: ignore[no-untyped-def]
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}
+
+    def show(p) -> None:  # type: ignore[no-untyped-def]
+        bar = bars.get(p.file) or bars.setdefault(
+            p.file, tqdm(total=p.total, unit="B", unit_scale=True, desc=f"Downloading {p.file}"))
+        bar.update(p.done - bar.n)
+    return show
+
+
+def run_separate(args: argparse.Namespace) -> int:
+    name = args.name or default_model()
+    try:
+        from engine.backends import check_device, resolve_backend_kind
+
+        options, plan = options_from(args), plan_from(args, name)
+        resolve_backend_kind(args.backend)
+        if args.backend != "coreml":
+            check_device(args.device)
+    except DemixerError as err:
+        print(f"demixer: {err}", file=sys.stderr)
+        return 2
+    if args.jobs > 0:
+        import torch
+
+        torch.set_num_threads(args.jobs)
+    try:
+        separator = _load(args, name, options)
+    except DemixerError as err:
+        print(f"demixer: {err}", file=sys.stderr)
+        return 1
+    failed = 0
+    for track in expand_tracks(args.tracks):
+        failed += not _separate_one(track, separator, plan)
+    return 1 if failed else 0
+
+
+def _separate_one(track: Path, separator: Separator, plan: OutputPlan) -> bool:
+    bar = _ProgressBar(track) if sys.stderr.isatty() else None
+    job = SeparationJob(track, separator, plan=plan, on_event=bar.update if bar else None)
+    thread = job.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:  # Ctrl-C: cancel cleanly, leave no half-written stems
+        job.cancel()
+        job.wait()
+        raise
+    finally:
+        if bar:
+            bar.close()
+    result = job.result
+    if result.ok:
+        folder = result.written[0].parent if result.written else plan.root
+        print(f"{track}: {len(result.written)} stems in {folder} ({result.seconds:.1f} s)")
+        return True
+    print(f"demixer: {result.error or 'cancelled'}", file=sys.stderr)
+    return False
+
+
+class _ProgressBar:
+    """A tqdm bar per file on a terminal: the stage, percent and ETA."""
+
+    def __init__(self, track: Path) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, desc=track.name, unit="%", leave=False,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
+        self.lock = threading.Lock()
+
+    def update(self, event: JobEvent) -> None:
+        if event.kind != "progress":
+            return
+        with self.lock:
+            self.bar.n = round(event.fraction * 100)
+            eta = f", {event.eta_s:.0f} s left" if event.eta_s is not None else ""
+            self.bar.set_postfix_str(f"{event.stage}{eta}", refresh=True)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,147 @@
+"""The streaming separator: chunks -> STFT -> backend -> iSTFT + time branch -> overlap-add.
+
+`Separator` holds a loaded model (a demucs `BagOfModels`, one backend per member) and the
+separation options; `separate(track, sink, ...)` runs every chunk of every pass, in an order
+that keeps the passes in step, and writes final stems into `sink` region by region, raising
+`sink.ready_frames` as it goes. It runs on the caller's thread; `engine.job` puts it on a worker.
+
+Normalisation is demucs's (`demucs.api.Separator.separate_tensor`): the model sees
+(track - mean) / (std + 1e-8) of the mono mix, and the stems are scaled back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine import stft
+from engine.backends import Backend
+from engine.chunking import Chunk, Pass, draw_shift_offsets, plan, triangle_weight
+from engine.core import CoreShapes
+from engine.errors import Cancelled, DemixerError
+from engine.overlap_add import Combiner, PassAccumulator
+from engine.stembuffers import StemBuffers, read_track_window
+
+
+@dataclass(frozen=True)
+class SeparationOptions:
+    shifts: int = 1  # demucs's default: one random offset of up to 0.5 s
+    overlap: float = 0.25
+    segment: float | None = None  # seconds; None = the model's training length
+    seed: int | None = None  # for the shift offsets
+    shift_offsets: tuple[int, ...] | None = None  # explicit offsets (shifts * members)
+    batch: int | None = None  # chunks per backend call; None = the backend's choice
+
+
+@dataclass(frozen=True)
+class Progress:
+    chunks_done: int
+    chunks_total: int
+    ready_frames: int
+    elapsed_s: float
+
+    @property
+    def fraction(self) -> float:
+        return self.chunks_done / max(1, self.chunks_total)
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.chunks_done == 0:
+            return None
+        return self.elapsed_s / self.chunks_done * (self.chunks_total - self.chunks_done)
+
+
+class Separator:
+    def __init__(self, weights: Sequence[Sequence[float]], backends: Sequence[Backend],
+                 options: SeparationOptions = SeparationOptions()) -> None:
+        self.backends = list(backends)
+        self.shapes: CoreShapes = self.backends[0].shapes
+        self.weights = np.asarray(weights, np.float64)
+        self.options = options
+        self.segment = self._segment_samples()
+        self.max_shift = int(0.5 * self.shapes.samplerate)
+        if options.shifts < 0 or not 0 <= options.overlap < 1:
+            raise DemixerError("--shifts must be >= 0 and --overlap between 0 and 1.")
+
+    @property
+    def sources(self) -> list[str]:
+        return list(self.shapes.sources)
+
+    @property
+    def samplerate(self) -> int:
+        return self.shapes.samplerate
+
+    def _segment_samples(self) -> int:
+        train = self.shapes.segment_samples
+        if self.options.segment is None:
+            return train
+        seg = int(self.options.segment * self.shapes.samplerate)
+        if seg > train or seg < self.shapes.nfft:
+            limit = train / self.shapes.samplerate
+            raise DemixerError(f"--segment must be between 0.1 and {limit:.2f} seconds for "
+                               "this model (it cannot see more than it was trained on).")
+        return seg
+
+    def plan(self, length: int) -> list[Pass]:
+        o = self.options
+        members = len(self.backends)
+        offsets = list(o.shift_offsets) if o.shift_offsets is not None else (
+            draw_shift_offsets(o.shifts, members, self.max_shift, o.seed) if o.shifts else None)
+        if offsets is not None and len(offsets) != o.shifts * members:
+            raise DemixerError(f"--shift-offsets needs {o.shifts * members} values "
+                               f"({o.shifts} shifts x {members} models).")
+        return plan(length, self.segment, o.overlap, members, o.shifts, self.max_shift, offsets)
+
+    def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
+                 cancel: threading.Event | None = None,
+                 on_progress: Callable[[Progress], None] | None = None) -> None:
+        """Separate the (C, N) track `audio` (model rate) into `sink`, streaming."""
+        passes = self.plan(audio.shape[-1])
+        accs = [PassAccumulator(p, len(self.sources), self.shapes.channels, self.segment,
+                                triangle_weight(self.segment)) for p in passes]
+        combiner = Combiner(passes, self.options.shifts, self.weights, sink,
+                            capacity=self.segment, mean=mean, std=std + 1e-8)
+        total = sum(len(p.chunks) for p in passes)
+        done, t0 = 0, time.monotonic()
+        scale = (np.float32(mean), np.float32(std + 1e-8))
+        while not all(a.finished for a in accs):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled()
+            backend, batch = self._next_batch(accs)
+            outs = self._run_batch(backend, batch, audio, scale)
+            for chunk, out in zip(batch, outs, strict=True):
+                start, region = accs[chunk.pass_index].add(chunk, out)
+                combiner.add(chunk.pass_index, start, region)
+            sink.ready_frames = combiner.finalize(min(a.frontier for a in accs))
+            done += len(batch)
+            if on_progress is not None:
+                on_progress(Progress(done, total, sink.ready_frames, time.monotonic() - t0))
+
+    def _next_batch(self, accs: list[PassAccumulator]) -> tuple[Backend, list[Chunk]]:
+        """Chunks of the pass furthest behind (keeps passes in step, so buffers stay small)."""
+        lead = min((a for a in accs if not a.finished), key=lambda a: (a.frontier, a.p.index))
+        backend = self.backends[lead.p.member]
+        size = self.options.batch or backend.max_batch
+        return backend, list(lead.p.chunks[lead.next_chunk:lead.next_chunk + size])
+
+    def _run_batch(self, backend: Backend, chunks: list[Chunk], audio: np.ndarray,
+                   scale: tuple[np.float32, np.float32]) -> list[np.ndarray]:
+        """Model outputs (S, C, chunk.length) for each chunk (all of one model)."""
+        mean, std = scale
+        train = self.shapes.segment_samples
+        wave = np.zeros((len(chunks), self.shapes.channels, train), np.float32)
+        for i, c in enumerate(chunks):
+            window = read_track_window(audio, c.src_start, self.segment)
+            # demucs normalises the whole track, then pads: padding is zero *after* scaling
+            inside = slice(max(0, -c.src_start), min(self.segment, audio.shape[-1] - c.src_start))
+            window[:, inside] = (window[:, inside] - mean) / std
+            wave[i, :, :self.segment] = window
+        spec = stft.to_cac(stft.spec(wave, self.shapes.nfft))
+        spec_out, time_out = backend.predict(spec, wave)
+        y = stft.ispec(stft.from_cac(spec_out), train)
+        y = time_out + y
+        return [y[i, ..., c.trim:c.trim + c.length] for i, c in enumerate(chunks)]
