@@ -1,7 +1,8 @@
 """Backends run the network core (`engine.core`) on a batch of chunks.
 
 A backend sees only real float32 arrays (see `engine.core` for the layout):
-    predict(spec (B, 2C, F, T), wave (B, C, L)) -> (spec_out (B, S, 2C, F, T), time_out (B, S, C, L))
+    predict(spec (B, 2C, F, T), wave (B, C, L))
+        -> (spec_out (B, S, 2C, F, T), time_out (B, S, C, L))
 One backend serves one model (a bag gets one backend per member). `TorchBackend` runs anywhere
 (cpu, cuda, mps); `engine.coreml_backend.CoreMLBackend` runs the converted core on macOS.
 """

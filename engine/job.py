@@ -19,6 +19,7 @@ from pathlib import Path
 from engine.decode import DecodedTrack, decode
 from engine.errors import Cancelled, DemixerError
 from engine.outputs import OutputPlan, check_outputs, write_outputs
+from engine.resample import resampled_length
 from engine.separator import Progress, Separator
 from engine.stembuffers import StemBuffers
 
@@ -122,9 +123,11 @@ class SeparationJob:
     def _output_rate(self) -> tuple[int, int]:
         """Stems go out at the input's rate and exact length unless the plan keeps 44.1 kHz."""
         assert self.track is not None and self.plan is not None
-        if self.plan.keep_model_rate:
-            return self.track.samplerate, self.track.audio.shape[-1]
-        return self.track.source_rate, self.track.source_frames
+        t = self.track
+        rate, frames = (t.samplerate, t.audio.shape[-1]) if self.plan.keep_model_rate else (
+            t.source_rate, t.source_frames)
+        out_rate = self.plan.fmt.rate_for(rate)  # MP3 cannot carry e.g. 96 kHz
+        return out_rate, resampled_length(frames, rate, out_rate)
 
     def _on_progress(self, p: Progress) -> None:
         self.on_event(JobEvent("progress", stage="separating", fraction=p.fraction,

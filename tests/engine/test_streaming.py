@@ -1,0 +1,147 @@
+"""Streaming: what a player reads while a song separates is final, and equals a whole-song run.
+
+The whole-song reference below is demucs's `apply_model` written out over full-length numpy
+arrays (zeros, += weight * chunk, / sum_weight, mean over shifts, bag weights, de-normalise),
+using the same backend for the network, so the streamed stems must equal it bit for bit.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from demucs.pretrained import get_model
+
+from engine.backends import TorchBackend
+from engine.chunking import triangle_weight
+from engine.job import JobEvent, SeparationJob
+from engine.outputs import OutputPlan
+from engine.separator import SeparationOptions, Separator
+from engine.stembuffers import StemBuffers
+from engine.writers import OutputFormat
+
+
+def _separator(repo: Path, name: str, **options: object) -> Separator:
+    bag = get_model(name, repo=repo)
+    return Separator(bag.weights, [TorchBackend(m) for m in bag.models],
+                     SeparationOptions(**options))  # type: ignore[arg-type]
+
+
+def _whole_song(sep: Separator, audio: np.ndarray, mean: float, std: float) -> np.ndarray:
+    S, (C, N) = len(sep.sources), audio.shape
+    passes = sep.plan(N)
+    weight = triangle_weight(sep.segment)
+    std32, mean32 = np.float32(std + 1e-8), np.float32(mean)
+    per_pass = []
+    for p in passes:
+        out = np.zeros((S, C, N + 2 * sep.max_shift), np.float32)
+        total = np.zeros(N + 2 * sep.max_shift, np.float32)
+        o = sep.max_shift  # index of track position 0 in these arrays
+        for chunk in p.chunks:
+            [y] = sep._run_batch(sep.backends[p.member], [chunk], audio, (mean32, std32))
+            a = o + chunk.out_start
+            out[..., a:a + chunk.length] += weight[:chunk.length] * y
+            total[a:a + chunk.length] += weight[:chunk.length]
+        per_pass.append((p.member, out[..., o:o + N] / total[o:o + N]))
+    estimate: np.ndarray | float = 0.0
+    for member, w in enumerate(sep.weights.astype(np.float32)):
+        acc: np.ndarray | float = 0.0
+        for m, x in per_pass:
+            if m == member:
+                acc = acc + x
+        if sep.options.shifts:
+            acc = acc / np.float32(sep.options.shifts)
+        estimate = estimate + acc * w[:, None, None]
+    estimate = estimate / sep.weights.astype(np.float32).sum(0)[:, None, None]
+    return estimate * std32 + mean32
+
+
+@pytest.mark.parametrize("name,shifts", [("htdemucs_6s", 0), ("htdemucs_6s", 2),
+                                         ("htdemucs_ft", 1)])
+def test_streamed_equals_whole_song_bit_for_bit(tiny_repo: Path, tmp_path: Path, name: str,
+                                                shifts: int) -> None:
+    rng = np.random.default_rng(3)
+    audio = (0.2 * rng.standard_normal((2, 700_000))).astype(np.float32)
+    sep = _separator(tiny_repo, name, shifts=shifts, seed=11)
+    sink = StemBuffers(tmp_path / "stems", sep.sources, 2, audio.shape[1], 44100)
+    snapshots: list[tuple[int, np.ndarray]] = []
+
+    def on_progress(p: object) -> None:  # what a player can read right now
+        snapshots.append((sink.ready_frames, np.stack(
+            [sink.read(i, 0, sink.ready_frames) for i in range(len(sep.sources))])))
+
+    mono = audio.mean(0).astype(np.float64)
+    sep.separate(audio, float(mono.mean()), float(mono.std(ddof=1)), sink,
+                 on_progress=on_progress)
+    final = np.stack([sink.read(i, 0, audio.shape[1]) for i in range(len(sep.sources))])
+    readies = [r for r, _ in snapshots]
+    assert readies == sorted(readies) and readies[-1] == audio.shape[1]
+    # playable before the end: after one chunk of every pass
+    passes = len(sep.plan(audio.shape[1]))
+    assert 0 < readies[passes - 1] < audio.shape[1]
+    for ready, snap in snapshots:
+        assert np.array_equal(snap, final[..., :ready])  # never rewritten later
+    want = _whole_song(sep, audio, float(mono.mean()), float(mono.std(ddof=1)))
+    assert np.array_equal(final, want)
+
+
+def test_first_region_is_ready_after_one_chunk(tiny_repo: Path, tmp_path: Path) -> None:
+    sep = _separator(tiny_repo, "htdemucs_6s", shifts=0)
+    audio = np.zeros((2, 1_000_000), np.float32)
+    sink = StemBuffers(tmp_path / "s", sep.sources, 2, audio.shape[1], 44100)
+    seen: list[tuple[int, int]] = []
+    sep.separate(audio, 0.0, 0.0, sink,
+                 on_progress=lambda p: seen.append((p.chunks_done, p.ready_frames)))
+    stride = int(0.75 * 343980)
+    assert seen[0] == (1, stride)  # the first chunk's region that no later chunk touches
+    assert seen[-1] == (len(seen), 1_000_000)
+
+
+def test_cancel_stops_within_a_chunk_and_leaves_nothing(tiny_repo: Path,
+                                                        tmp_path: Path) -> None:
+    src = tmp_path / "long.wav"
+    sf.write(src, np.zeros((44100 * 60, 2), np.float32), 44100)
+    sep = _separator(tiny_repo, "htdemucs_6s", shifts=0)
+    out = tmp_path / "out"
+    events: list[JobEvent] = []
+    job: SeparationJob
+
+    def on_event(e: JobEvent) -> None:
+        events.append(e)
+        if e.kind == "ready":
+            job.cancel()
+
+    job = SeparationJob(src, sep, plan=OutputPlan(root=out, fmt=OutputFormat()),
+                        on_event=on_event)
+    result = job.run()
+    assert result.cancelled and not result.ok and result.written == []
+    chunks_after_cancel = [e for e in events[[i for i, e in enumerate(events)
+                                              if e.kind == "ready"][0] + 1:]
+                           if e.kind == "ready"]
+    assert chunks_after_cancel == []  # stopped before the next chunk
+    assert events[-1].kind == "cancelled"
+    assert not out.exists()
+    assert not job.workdir.exists() and not job.stems_dir.exists()
+
+
+def test_cancel_during_writing_removes_the_stems_already_written(tiny_repo: Path,
+                                                                 tmp_path: Path) -> None:
+    src = tmp_path / "song.wav"
+    sf.write(src, np.zeros((44100 * 3, 2), np.float32), 44100)
+    sep = _separator(tiny_repo, "htdemucs_6s", shifts=0)
+    out = tmp_path / "out"
+    job: SeparationJob
+    flag = threading.Event()
+
+    def on_event(e: JobEvent) -> None:
+        if e.kind == "stage" and e.stage == "writing":
+            flag.set()
+            job.cancel()
+
+    job = SeparationJob(src, sep, plan=OutputPlan(root=out), on_event=on_event)
+    result = job.run()
+    assert flag.is_set() and result.cancelled
+    assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
