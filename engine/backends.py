@@ -30,19 +30,34 @@ class Backend(Protocol):
     def predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
 class TorchBackend:
-    """The core in PyTorch, on `device` ('cpu', 'cuda', 'mps')."""
+    """The core in PyTorch, on `device` ('cpu', 'cuda', 'mps').
+
+    precision 'fp32' is exact (demucs's own arithmetic); 'bf16' runs under autocast, which uses
+    the CPU's AVX-512 BF16 / AMX units where present: faster, and still >= 40 dB from exact.
+    """
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, device: str = "cpu", max_batch: int = 1) -> None:
+    def __init__(self, model: nn.Module, device: str = "cpu", max_batch: int = 1,
+                 precision: str = "fp32") -> None:
+        if precision not in PRECISIONS:
+            raise DemixerError(f"Unknown precision '{precision}' for the torch backend; "
+                               f"use {' or '.join(PRECISIONS)}.")
         self.device = torch.device(device)
         self.core = HTDemucsCore(model).to(self.device).eval()
         self.shapes = self.core.shapes
         self.max_batch = max_batch  # measured: batch 2 does not pay on a 2-core CPU
+        self.precision = precision
+        if precision != "fp32":
+            self.name = f"torch-{precision}"
 
     def predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    enabled=self.precision == "bf16"):
             s = torch.from_numpy(np.ascontiguousarray(spec)).to(self.device)
             w = torch.from_numpy(np.ascontiguousarray(wave)).to(self.device)
             spec_out, time_out = self.core(s, w)

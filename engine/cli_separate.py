@@ -58,7 +58,7 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
 
     return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
                            options=options, progress=_download_printer(),
-                           compute_units=args.compute_units)
+                           precision=args.precision, compute_units=args.compute_units)
 
 
 def _download_printer():  # type: ignore[no-untyped-def]

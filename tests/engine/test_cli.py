@@ -166,3 +166,15 @@ def test_make_test_model_command(tmp_path: Path) -> None:
                  "--tiny", "--seed", "4"]) == 0
     model = get_model("htdemucs", repo=tmp_path)
     assert model.sources == ["drums", "bass", "other", "vocals"]
+
+
+def test_fast_bf16_mode_stays_within_40_db_of_exact(tiny_repo: Path, tmp_path: Path) -> None:
+    src = write_wav(tmp_path / "song.wav", sine_mix(3.0, 44100), 44100)
+    for precision in ("fp32", "bf16"):
+        assert _run(tiny_repo, tmp_path / precision, src,
+                    extra=("--precision", precision, "--float32")) == 0
+    for stem in STEMS:
+        exact = sf.read(tmp_path / f"fp32/htdemucs_6s/song/{stem}.wav")[0]
+        fast = sf.read(tmp_path / f"bf16/htdemucs_6s/song/{stem}.wav")[0]
+        snr = 10 * np.log10(np.sum(exact**2) / np.sum((fast - exact) ** 2))
+        assert 40 <= snr < 120, (stem, snr)  # < 120: bf16 really ran, it is not fp32

@@ -1,0 +1,257 @@
+"""Benchmark: demucs.api.Separator vs each Demixer mode, side by side, in one run.
+
+    .venv/bin/python tests/benchmarks/bench_engine.py [--seconds 60] [--long-minutes 20]
+        [--modes exact,fast] [--rss-model real|tiny] [--json bench-results/engine.json]
+
+Same audio, the real htdemucs_6s architecture from `make-test-model` (random weights),
+shifts 0, overlap 0.25. For each mode: wall time (decode + separate, no file writing, for
+demucs too), seconds of audio per second, throughput ratio to demucs, time to the first
+playable region, one segment's compute time, SNR per stem against demucs (and against exact),
+and the peak RSS of a fresh process separating a 1-minute and a `--long-minutes` input.
+Prints a table and writes JSON. Not a test: nothing here is timed inside pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from engine.testmodel import make_test_model  # noqa: E402
+from tests.engine.audio_files import write_long_wav  # noqa: E402
+
+MODEL = "htdemucs_6s"
+MODES = {
+    # name: (backend, precision, description)
+    "exact": ("torch", "fp32", "PyTorch fp32, demucs's arithmetic"),
+    "fast": ("torch", "bf16", "PyTorch bf16 autocast"),
+    "coreml-ane": ("coreml", "mixed", "CoreML mixed precision, compute units ALL"),
+    "coreml-gpu": ("coreml", "mixed", "CoreML mixed precision, CPU_AND_GPU"),
+}
+
+
+def _snr(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10(np.sum(want**2) / max(np.sum((got - want) ** 2), 1e-30)))
+
+
+def _music(path: Path, seconds: float) -> Path:
+    """A deterministic test song: tones, a bass line and noise bursts, 44.1 kHz stereo."""
+    import soundfile as sf
+
+    n = int(seconds * 44100)
+    rng = np.random.default_rng(0)
+    t = np.arange(n) / 44100
+    env = np.exp(-3 * (t % 0.5))
+    x = 0.3 * np.sin(2 * np.pi * 110 * t) + 0.2 * env * np.sin(2 * np.pi * 660 * t)
+    x = x + 0.05 * env * rng.standard_normal(n)
+    sf.write(path, np.stack([x, 0.8 * x]).T.astype(np.float32), 44100, subtype="FLOAT")
+    return path
+
+
+def run_demucs(repo: Path, song: Path) -> tuple[float, dict[str, np.ndarray]]:
+    import torch
+    from demucs.api import Separator
+
+    sep = Separator(MODEL, repo=repo, shifts=0, overlap=0.25, device="cpu")
+    t0 = time.perf_counter()
+    _, stems = sep.separate_audio_file(song)
+    seconds = time.perf_counter() - t0
+    del torch
+    return seconds, {k: v.numpy() for k, v in stems.items()}
+
+
+def run_mode(repo: Path, song: Path, mode: str) -> dict:
+    from engine.job import JobEvent, SeparationJob
+    from engine.pipeline import build_separator
+    from engine.separator import SeparationOptions
+
+    backend, precision, _ = MODES[mode]
+    extra = {"compute_units": "cpu_and_gpu"} if mode == "coreml-gpu" else {}
+    sep = build_separator(MODEL, repo=repo, backend=backend, options=SeparationOptions(
+        shifts=0, overlap=0.25), precision=precision, **extra)
+    first: list[float] = []
+    t0 = time.perf_counter()
+
+    def on_event(e: JobEvent) -> None:
+        if e.kind == "ready" and e.ready_frames > 0 and not first:
+            first.append(time.perf_counter() - t0)
+
+    stems_dir = Path(tempfile.mkdtemp(prefix="bench-stems-"))
+    job = SeparationJob(song, sep, stems_dir=stems_dir, on_event=on_event)
+    result = job.run()
+    seconds = time.perf_counter() - t0
+    assert result.ok, result.error
+    assert job.stems is not None
+    stems = {s: job.stems.read(s, 0, job.stems.frames) for s in sep.sources}
+    return {"seconds": seconds, "first_playable_s": first[0], "stems": stems,
+            "segment_s": _segment_time(sep)}
+
+
+def _segment_time(sep: object) -> float:
+    """One segment through the backend alone (the unit 'first audio' is measured in)."""
+    backend = sep.backends[0]  # type: ignore[attr-defined]
+    s = backend.shapes
+    spec = np.zeros((1, *s.spec_shape), np.float32)
+    wave = np.zeros((1, *s.wave_shape), np.float32)
+    t0 = time.perf_counter()
+    backend.predict(spec, wave)
+    return time.perf_counter() - t0
+
+
+RSS_PROBE = """
+import sys, time
+sys.path.insert(0, {root!r})
+mode, repo, song = sys.argv[1:4]
+if mode == "demucs":
+    from demucs.api import Separator
+    Separator({model!r}, repo=repo, shifts=0, overlap=0.25).separate_audio_file(song)
+else:
+    from engine.job import SeparationJob
+    from engine.pipeline import build_separator
+    from engine.separator import SeparationOptions
+    backend, precision = sys.argv[4:6]
+    sep = build_separator({model!r}, repo=repo, backend=backend,
+                          options=SeparationOptions(shifts=0), precision=precision)
+    assert SeparationJob(song, sep).run().ok
+hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]
+print('PEAK_KB', hwm.split()[1])
+"""
+
+
+def peak_rss_mb(mode: str, repo: Path, song: Path) -> float | None:
+    """Peak RSS of a fresh process separating `song` (Linux /proc; None elsewhere)."""
+    if not Path("/proc/self/status").exists():
+        return None
+    code = RSS_PROBE.format(root=str(ROOT), model=MODEL)
+    args = [sys.executable, "-c", code, mode, str(repo), str(song)]
+    if mode != "demucs":
+        args += MODES[mode][:2]
+    run = subprocess.run(args, capture_output=True, text=True, check=False)
+    if run.returncode != 0:
+        print(run.stderr[-2000:], file=sys.stderr)
+        return None
+    line = [x for x in run.stdout.splitlines() if x.startswith("PEAK_KB")][0]
+    return int(line.split()[1]) / 1024
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [x for x in Path("/proc/cpuinfo").read_text().splitlines()
+                 if x.startswith("model name")]
+        cpu = names[0].split(":", 1)[1].strip() if names else cpu
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def available_modes(wanted: list[str]) -> list[str]:
+    from engine.backends import coreml_supported
+
+    return [m for m in wanted if MODES[m][0] != "coreml" or coreml_supported()]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--long-minutes", type=float, default=20.0)
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--rss-model", choices=("real", "tiny"), default="real",
+                    help="architecture for the peak-RSS runs (tiny: minutes instead of hours)")
+    ap.add_argument("--no-rss", action="store_true")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench-results" / "engine.json")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="demixer-bench-"))
+    repo = work / "real"
+    make_test_model(MODEL, repo, seed=0)
+    song = _music(work / "song.wav", args.seconds)
+    modes = available_modes(args.modes.split(","))
+    rows = timing_rows(repo, song, modes, args.seconds)
+    if not args.no_rss:
+        add_rss(rows, work, args)
+    report = {"machine": machine(), "seconds": args.seconds, "model": MODEL,
+              "shifts": 0, "overlap": 0.25, "rows": rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    print_table(report)
+    return 0
+
+
+def timing_rows(repo: Path, song: Path, modes: list[str], seconds: float) -> list[dict]:
+    d_time, ref = run_demucs(repo, song)
+    rows = [{"mode": "demucs", "seconds": d_time, "audio_per_s": seconds / d_time,
+             "ratio": 1.0}]
+    exact: dict[str, np.ndarray] | None = None
+    for mode in modes:
+        r = run_mode(repo, song, mode)
+        snrs = {s: _snr(r["stems"][s], ref[s]) for s in ref}
+        row = {"mode": mode, "what": MODES[mode][2], "seconds": r["seconds"],
+               "audio_per_s": seconds / r["seconds"], "ratio": d_time / r["seconds"],
+               "first_playable_s": r["first_playable_s"], "segment_s": r["segment_s"],
+               "first_over_segment": r["first_playable_s"] / r["segment_s"],
+               "snr_vs_demucs_min": min(snrs.values()), "snr_vs_demucs": snrs}
+        if exact is None and mode == "exact":
+            exact = r["stems"]
+        if exact is not None and mode != "exact":
+            row["snr_vs_exact_min"] = min(_snr(r["stems"][s], exact[s]) for s in exact)
+        rows.append(row)
+        print(f"{mode}: {r['seconds']:.1f} s, {d_time / r['seconds']:.2f}x demucs", flush=True)
+    return rows
+
+
+def add_rss(rows: list[dict], work: Path, args: argparse.Namespace) -> None:
+    repo = work / "real"
+    if args.rss_model == "tiny":
+        repo = work / "tiny"
+        make_test_model(MODEL, repo, seed=0, tiny=True)
+    short = write_long_wav(work / "one-minute.wav", 60, 44100)
+    long = write_long_wav(work / "long.wav", args.long_minutes * 60, 44100)
+    for row in rows:
+        if row["mode"].startswith("coreml"):
+            continue
+        row["rss_model"] = args.rss_model
+        row["rss_1min_mb"] = peak_rss_mb(row["mode"], repo, short)
+        row["rss_long_mb"] = peak_rss_mb(row["mode"], repo, long)
+        if row["rss_1min_mb"] and row["rss_long_mb"]:
+            row["rss_growth_mb"] = row["rss_long_mb"] - row["rss_1min_mb"]
+        print(f"{row['mode']}: RSS {row.get('rss_1min_mb')} -> {row.get('rss_long_mb')} MB",
+              flush=True)
+
+
+def print_table(report: dict) -> None:
+    m = report["machine"]
+    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads)")
+    print(f"{report['seconds']:.0f} s of audio, {report['model']} real architecture, "
+          "shifts 0, overlap 0.25\n")
+    head = ("mode", "wall s", "audio s/s", "x demucs", "first s", "1st/seg", "SNR dB",
+            "RSS 1m", "RSS long", "growth")
+    print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
+    for r in report["rows"]:
+        snr = r.get("snr_vs_exact_min", r.get("snr_vs_demucs_min"))
+        cells = [r["mode"], f"{r['seconds']:.1f}", f"{r['audio_per_s']:.2f}",
+                 f"{r['ratio']:.2f}", _f(r.get("first_playable_s")),
+                 _f(r.get("first_over_segment"), 2), _f(snr), _f(r.get("rss_1min_mb"), 0),
+                 _f(r.get("rss_long_mb"), 0), _f(r.get("rss_growth_mb"), 0)]
+        print("| " + " | ".join(cells) + " |")
+    print("\nSNR: exact vs demucs; other modes vs exact (min over stems).")
+
+
+def _f(v: float | None, digits: int = 1) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
