@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--self-test"]:  # the engine's checks; the frozen app adds Qt/PortAudio
+        from engine.selftest import main as self_test
+
+        return self_test(argv[1:])
     if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
         return _open_app(argv)
     args = build_parser().parse_args(argv)

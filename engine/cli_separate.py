@@ -54,11 +54,18 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
+    from engine.backends import resolve_backend_kind
     from engine.pipeline import build_separator
 
+    convert_progress = None
+    if resolve_backend_kind(args.backend) == "coreml":  # the first run converts: show it
+        from engine.cli_models import stage_printer
+
+        convert_progress = stage_printer()
     return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
                            options=options, progress=_download_printer(),
-                           precision=args.precision, compute_units=args.compute_units)
+                           precision=args.precision, compute_units=args.compute_units,
+                           convert_progress=convert_progress)
 
 
 def _download_printer():  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -45,7 +46,7 @@ class CoreShapes:
         return (self.channels, self.segment_samples)
 
 
-def core_shapes(model: nn.Module) -> CoreShapes:
+def core_shapes(model: Any) -> CoreShapes:
     """Read the core's sizes from an `HTDemucs` model (not a bag: pass a bag's member)."""
     segment_samples = int(model.segment * model.samplerate)
     hop = int(model.hop_length)
@@ -62,7 +63,7 @@ class HTDemucsCore(nn.Module):
         super().__init__()
         if not getattr(model, "cac", False):
             raise ValueError("core surgery needs a complex-as-channels HTDemucs (cac=True)")
-        self.model = model
+        self.model: Any = model  # demucs's HTDemucs (untyped)
         self.shapes = core_shapes(model)
 
     def forward(self, spec: torch.Tensor, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,10 @@ class HTDemucsCore(nn.Module):
                                  xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """HTDemucs's encoder / cross-transformer / decoder, verbatim in behaviour."""
         m = self.model
-        saved, saved_t, lengths, lengths_t = [], [], [], []
+        saved: list[torch.Tensor] = []
+        saved_t: list[torch.Tensor] = []
+        lengths: list[int] = []
+        lengths_t: list[int] = []
         for idx, encode in enumerate(m.encoder):
             lengths.append(x.shape[-1])
             inject = None
@@ -100,7 +104,9 @@ class HTDemucsCore(nn.Module):
             x = encode(x, inject)
             if idx == 0 and m.freq_emb is not None:
                 frs = torch.arange(x.shape[-2], device=x.device)
-                emb = m.freq_emb(frs).t()[None, :, :, None].expand_as(x)
+                # broadcast instead of demucs's expand_as(x): same sums, but a converted
+                # package then stores a (C, F) table, not a 16.5 MB (C, F, T) constant
+                emb = m.freq_emb(frs).t()[None, :, :, None]
                 x = x + m.freq_emb_scale * emb
             saved.append(x)
         if m.crosstransformer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.errors import Cancelled, DemixerError, OutputExistsError
 from engine.stembuffers import StemBuffers
@@ -90,7 +91,7 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
     written: list[Path] = []
     try:
         for name, parts in mixes.items():
-            views = [stems.view(s) for s in parts]
+            views: list[Any] = [stems.view(s) for s in parts]  # (C, N) array-likes
             written.append(write_audio(paths[name], views, stems.samplerate, rate_out=rate_out,
                                        frames_out=frames_out, fmt=plan.fmt,
                                        overwrite=plan.overwrite, cancel=cancel))

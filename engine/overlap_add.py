@@ -14,6 +14,7 @@ Shapes: S sources, C channels; regions are (S, C, n) float32 in track samples (m
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -95,16 +96,15 @@ class Combiner:
         n = upto - self.finalized
         if n <= 0:
             return self.finalized
-        estimate: np.ndarray | float = 0.0
+        estimate: Any = 0.0  # starts as demucs does: 0. + first member
         for member, w in enumerate(self.weights):
-            out: np.ndarray | float = 0.0
+            out: Any = 0.0
             for p in self.passes:
                 if p.member == member:
                     out = out + self.pending[p.index, ..., :n]
             if self.shifts:
                 out = out / np.float32(self.shifts)
             estimate = estimate + out * w[:, None, None]
-        assert isinstance(estimate, np.ndarray)
         estimate = estimate / self.totals[:, None, None]
         self.sink.write(self.finalized, estimate * self.std + self.mean)
         self.pending[..., :-n] = self.pending[..., n:].copy()

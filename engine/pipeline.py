@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-
-import torch
+from typing import Any
 
 from engine.backends import Backend, TorchBackend, check_device, resolve_backend_kind
 from engine.download import DownloadProgress
@@ -14,16 +13,22 @@ from engine.separator import SeparationOptions, Separator
 from engine.store import ResolvedModel, load_model, resolve_model
 
 
-def make_backends(bag: torch.nn.Module, resolved: ResolvedModel, kind: str, device: str = "cpu",
-                  precision: str | None = None, **coreml: object) -> list[Backend]:
+def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "cpu",
+                  precision: str | None = None, *, compute_units: str = "all",
+                  convert_progress: Callable[[Any], None] | None = None,
+                  cancel: threading.Event | None = None) -> list[Backend]:
     """One backend per bag member. `kind` is 'auto', 'torch' or 'coreml'; `precision` None is
-    each backend's default (torch: exact fp32; CoreML: mixed)."""
+    each backend's default (torch: exact fp32; CoreML: mixed). The first CoreML run converts
+    the core (`convert_progress` gets its stages), later runs load the cached package."""
     kind = resolve_backend_kind(kind)
     if kind == "coreml":  # pragma: no cover - macOS only
+        from engine.convert import ConvertOptions
         from engine.coreml_backend import coreml_backends_for
 
-        return coreml_backends_for(bag, resolved, precision=precision or "mixed",
-                                   **coreml)  # type: ignore[arg-type]
+        options = ConvertOptions(precision=precision or "mixed")
+        return list(coreml_backends_for(bag, resolved, compute_units=compute_units,
+                                        options=options, convert_progress=convert_progress,
+                                        cancel=cancel))
     check_device(device)
     return [TorchBackend(member, device, precision=precision or "fp32")
             for member in bag.models]
@@ -34,9 +39,16 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
                     download: bool = True,
                     progress: Callable[[DownloadProgress], None] | None = None,
                     cancel: threading.Event | None = None, precision: str | None = None,
-                    **coreml: object) -> Separator:
+                    compute_units: str = "all",
+                    convert_progress: Callable[[Any], None] | None = None) -> Separator:
+    """Resolve (and download) `name`, verify and load it, and wrap it in a `Separator`.
+
+    `progress` gets download progress, `convert_progress` CoreML conversion stages; `cancel`
+    stops either. Raises `DemixerError`s with one sentence for the user."""
     resolve_backend_kind(backend)  # a wrong backend is reported before any download
     resolved = resolve_model(name, repo, download=download, progress=progress, cancel=cancel)
-    bag = load_model(resolved)
-    backends = make_backends(bag, resolved, backend, device, precision, **coreml)
+    bag: Any = load_model(resolved)
+    backends = make_backends(bag, resolved, backend, device, precision,
+                             compute_units=compute_units, convert_progress=convert_progress,
+                             cancel=cancel)
     return Separator(bag.weights, backends, options)

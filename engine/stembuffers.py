@@ -47,13 +47,13 @@ class StemBuffers:
         """Write (S, C, n) float32 samples at frame `start` (the separator thread only)."""
         for fd, stem in zip(self._fds, block, strict=True):
             data = np.ascontiguousarray(stem.T, dtype=np.float32)
-            os.pwrite(fd, memoryview(data).cast("B"), start * self.channels * 4)
+            os.pwrite(fd, data.data.cast("B"), start * self.channels * 4)
 
     def read_into(self, stem: int | str, start: int, out: np.ndarray) -> int:
         """Fill `out` (n, C) float32 from frame `start`; returns the frames read (rest zeroed)."""
         fd = self._fds[self.index(stem)]
         want = min(out.shape[0], max(0, self.frames - start))
-        got = os.preadv(fd, [memoryview(out).cast("B")[: want * self.channels * 4]],
+        got = os.preadv(fd, [out.data.cast("B")[: want * self.channels * 4]],
                         start * self.channels * 4) if want else 0
         frames = got // (self.channels * 4)
         out[frames:] = 0.0
@@ -128,7 +128,7 @@ def read_track_window(audio: np.ndarray, start: int, length: int) -> np.ndarray:
         with open(audio.filename, "rb") as f:
             for c in range(C):
                 f.seek(audio.offset + (c * N + a) * 4)
-                f.readinto(memoryview(out[c, a - start:b - start]).cast("B"))
+                f.readinto(out[c, a - start:b - start].data.cast("B"))
     else:
         out[:, a - start:b - start] = audio[:, a:b]
     return out

@@ -1,0 +1,347 @@
+"""`demixer models list|convert|verify|clear` and `demixer doctor`.
+
+Each command is a `func(args) -> exit code` set on its subparser; `engine.cli` registers them
+with `add_models_commands(sub)` and `add_doctor_command(sub)`. Exit codes: 0 done, 1 a
+failure (a corrupt file, an error a `DemixerError` names). Results go to stdout (a converted
+package's path, tables); progress and notes go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.catalogue import default_model, get_entry, model_names
+from engine.convert import COMPRESSIONS, PRECISIONS, ConvertOptions, ConvertProgress
+from engine.errors import ChecksumError, DemixerError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from engine.coreml_cache import EntryInfo
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def add_models_commands(sub: argparse._SubParsersAction) -> None:
+    models = sub.add_parser("models", help="list, convert, verify or clear models")
+    msub = models.add_subparsers(dest="models_command", required=True)
+
+    p = msub.add_parser("list", help="the catalogue: what is downloaded, what is converted")
+    p.set_defaults(func=run_list)
+
+    p = msub.add_parser("convert", help="convert a model to CoreML now (cached)")
+    p.add_argument("name", help="model name, e.g. htdemucs_6s")
+    p.add_argument("--repo", type=Path, help="a demucs-style folder of checkpoints to use")
+    p.add_argument("--precision", default="mixed", choices=PRECISIONS,
+                   help="mixed (default: FP16 with FP32 where FP16 overflows), fp16, fp32")
+    p.add_argument("--compress", default=None, choices=COMPRESSIONS,
+                   help="6bit palettized or 8bit quantized weights (smaller package)")
+    p.add_argument("--batch", type=int, default=1, help="chunks per prediction (default 1)")
+    p.set_defaults(func=run_convert)
+
+    p = msub.add_parser("verify", help="hash downloaded checkpoints and converted packages")
+    p.add_argument("--repo", type=Path, help="verify the checkpoints of this folder instead")
+    p.set_defaults(func=run_verify)
+
+    p = msub.add_parser("clear", help="remove converted CoreML packages")
+    p.add_argument("--all", action="store_true", help="also remove downloaded checkpoints")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask (a terminal asks)")
+    p.set_defaults(func=run_clear)
+
+
+def add_doctor_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="versions, backends, compute units, audio devices")
+    p.set_defaults(func=run_doctor)
+
+
+# --- models list ---------------------------------------------------------------------------
+
+
+def _download_column(name: str) -> str:
+    from engine.store import model_status
+
+    status = model_status(name)
+    present = [c for c in status.checkpoints if c.present]
+    size = sum(c.bytes_on_disk or 0 for c in present)
+    partial = sum(c.partial_bytes for c in status.checkpoints)
+    if status.complete:
+        return f"yes ({_mb(size)})"
+    text = f"{len(present)}/{len(status.checkpoints)}" if present else "no"
+    return text + (f", partial {_mb(partial)}" if partial else "")
+
+
+def _entry_label(info: EntryInfo) -> str:
+    key = info.key
+    label = (f"{key.get('precision', '?')}/{key.get('compression', '?')}/b{key.get('batch', '?')} "
+             f"{_mb(info.bytes)}")
+    return label + (f" (broken: {info.problem})" if info.problem else "")
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from engine.coreml_cache import cache_root, list_entries
+    from engine.store import checkpoints_dir
+
+    entries = list_entries()
+    rows = [("MODEL", "STEMS", "DOWNLOADED", "CONVERTED (precision/compression/batch)")]
+    for name in model_names():
+        converted = [_entry_label(e) for e in entries if e.key.get("model") == name]
+        star = "*" if name == default_model() else ""
+        rows.append((name + star, str(len(get_entry(name).sources)), _download_column(name),
+                     "; ".join(converted) or "-"))
+    others = [e for e in entries if e.key.get("model") not in model_names()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True))
+              + "  " + row[3])
+    for info in others:
+        print(f"(other) {info.entry.name}: {_entry_label(info)}")
+    total = sum(e.bytes for e in entries)
+    print(f"* default. Checkpoints in {checkpoints_dir()}; CoreML packages in {cache_root()} "
+          f"({len(entries)}, {_mb(total)}).")
+    return 0
+
+
+# --- models convert ------------------------------------------------------------------------
+
+
+def stage_printer() -> Callable[[ConvertProgress], None]:
+    """Conversion progress on stderr: one line per stage; in a terminal, the line counts up.
+    (Also for `demixer separate`, whose first CoreML run converts.)"""
+    tty = sys.stderr.isatty()
+    shown: list[str] = []
+
+    def show(event: ConvertProgress) -> None:
+        line = f"  [{event.fraction:4.0%}] {event.stage}: {event.message}"
+        if tty:
+            end = "\n" if event.fraction >= 1.0 else ""
+            print(f"\r\033[K{line}", end=end, file=sys.stderr, flush=True)
+        elif not shown or shown[-1] != event.stage or event.fraction >= 1.0:
+            _err(line)
+        shown.append(event.stage)
+    return show
+
+
+def _download_printer() -> Callable[[Any], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def show(p: Any) -> None:
+        bar = bars.get(p.file) or bars.setdefault(
+            p.file, tqdm(total=p.total, unit="B", unit_scale=True, desc=f"Downloading {p.file}"))
+        bar.update(p.done - bar.n)
+    return show
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from engine.coreml_cache import ensure_model_packages
+    from engine.store import resolve_model
+
+    options = ConvertOptions(precision=args.precision, compress=args.compress, batch=args.batch)
+    resolved = resolve_model(args.name, args.repo, progress=_download_printer())
+    packages = ensure_model_packages(resolved, options, progress=stage_printer())
+    for index, package in enumerate(packages):
+        member = f" model {index + 1}/{len(packages)}" if len(packages) > 1 else ""
+        done = "cache hit" if package.hit else f"converted in {package.seconds:.1f} s"
+        _err(f"{args.name}{member}: {done}; {options.precision} precision, compression "
+             f"{options.compress or 'none'}, batch {options.batch}; package "
+             f"{_mb(package.package_bytes)}")
+        print(package.package)
+    return 0
+
+
+# --- models verify -------------------------------------------------------------------------
+
+
+def _verify_official(name: str) -> list[tuple[str, str, bool]]:
+    """(file, verdict, ok) for the catalogue checkpoints of `name` in the data dir."""
+    from engine.download import digest_matches, file_sha256
+    from engine.store import model_status
+
+    rows = []
+    for ckpt, status in zip(get_entry(name).checkpoints, model_status(name).checkpoints,
+                            strict=True):
+        if status.bytes_on_disk is None:
+            partial = f" (partial download {_mb(status.partial_bytes)})" \
+                if status.partial_bytes else ""
+            rows.append((ckpt.file, "not downloaded" + partial, True))
+            continue
+        ok = digest_matches(file_sha256(status.path), ckpt.sha256, ckpt.sha256_prefix)
+        rows.append((ckpt.file, "ok" if ok else "CORRUPT: does not match the catalogue's "
+                     "SHA-256 (delete it; it is downloaded again when needed)", ok))
+    return rows
+
+
+def _verify_repo(name: str, repo: Path) -> list[tuple[str, str, bool]]:
+    """(file, verdict, ok) for model `name` in a local repo (its name's hash, the catalogue)."""
+    from engine.download import digest_matches
+    from engine.store import resolve_model
+
+    try:
+        resolved = resolve_model(name, repo, download=False)
+    except ChecksumError as err:
+        return [("", f"CORRUPT: {err}", False)]
+    except ModelUnavailableError:
+        return [("", "not in this folder", True)]
+    rows = []
+    catalogue = get_entry(name).checkpoints
+    for path, digest, ckpt in zip(resolved.checkpoints, resolved.sha256, catalogue,
+                                  strict=False):
+        official = digest_matches(digest, ckpt.sha256, ckpt.sha256_prefix)
+        rows.append((path.name, "ok (the catalogue's checkpoint)" if official else
+                     "ok (custom weights: matches its file name, not the catalogue)", True))
+    return rows
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from engine.coreml_cache import list_entries
+
+    ok = True
+    for name in model_names():
+        rows = _verify_repo(name, args.repo) if args.repo else _verify_official(name)
+        for file, verdict, good in rows:
+            print(f"{name}: {file + ': ' if file else ''}{verdict}")
+            ok &= good
+    for info in list_entries(deep=True):
+        print(f"coreml: {info.entry.name}: {info.problem or 'ok'}"
+              f"{' (rebuilt when next used)' if info.problem else ''}")
+        ok &= info.problem is None
+    return 0 if ok else 1
+
+
+# --- models clear --------------------------------------------------------------------------
+
+
+def _checkpoint_files() -> list[Path]:
+    """Downloaded checkpoints, partial downloads and bag files in the data dir."""
+    from engine.store import checkpoints_dir
+
+    folder = checkpoints_dir()
+    found = []
+    for name in model_names():
+        for ckpt in get_entry(name).checkpoints:
+            found += [p for p in (folder / ckpt.file, folder / (ckpt.file + ".part"))
+                      if p.is_file()]
+        if (folder / f"{name}.yaml").is_file():
+            found.append(folder / f"{name}.yaml")
+    return found
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return True  # scripts and pipes are not asked; what is removed is printed
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def run_clear(args: argparse.Namespace) -> int:
+    from engine.coreml_cache import clear_cache, list_entries
+
+    entries = list_entries()
+    files = _checkpoint_files() if args.all else []
+    size = sum(e.bytes for e in entries) + sum(f.stat().st_size for f in files)
+    what = f"{len(entries)} converted package(s)" + (f" and {len(files)} checkpoint file(s)"
+                                                     if args.all else "")
+    if not args.yes and not _confirm(f"Remove {what} ({_mb(size)})?"):
+        _err("Nothing removed.")
+        return 0
+    removed, busy = clear_cache()
+    for path in files:
+        removed.append((path, path.stat().st_size))
+        path.unlink()
+    for path, nbytes in removed:
+        print(f"removed {path} ({_mb(nbytes)})")
+    for path in busy:
+        _err(f"skipped {path}: another Demixer process is converting it")
+    print(f"Freed {_mb(sum(n for _, n in removed))}.")
+    return 0
+
+
+# --- doctor --------------------------------------------------------------------------------
+
+
+def _torch_line() -> str:
+    import torch
+
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else []) + \
+        (["mps"] if torch.backends.mps.is_available() else [])
+    return f"torch {torch.__version__} ({torch.get_num_threads()} threads; devices: " \
+           f"{', '.join(devices)})"
+
+
+def _coreml_lines() -> list[str]:
+    from engine.backends import coreml_supported
+    from engine.coreml_backend import COMPUTE_UNITS
+
+    try:
+        from engine.convert import coremltools_version
+
+        lines = [f"coremltools {coremltools_version()} (conversion works on macOS and Linux)"]
+    except DemixerError as err:
+        return [f"coremltools: {err}"]
+    if not coreml_supported():
+        return lines + ["CoreML prediction: not available (CoreML needs macOS 13 or later; "
+                        "the torch backend is used)"]
+    lines.append(f"CoreML prediction: available; compute units: {', '.join(COMPUTE_UNITS)} "
+                 f"(default all = Neural Engine when the model allows)")
+    try:  # coremltools 8.1+ on macOS 14+: what this Mac actually has
+        from coremltools.models.compute_device import MLComputeDevice
+
+        found = []
+        for device in MLComputeDevice.get_all_compute_devices():
+            label = type(device).__name__.removeprefix("ML").removesuffix("ComputeDevice")
+            cores = getattr(device, "total_core_count", None)
+            found.append(f"{label} ({cores} cores)" if cores else label)
+        lines.append(f"CoreML compute devices: {', '.join(found)}")
+    except Exception as exc:  # older macOS: the list is not available
+        lines.append(f"CoreML compute devices: unknown ({type(exc).__name__})")
+    return lines
+
+
+def _audio_lines() -> list[str]:
+    try:
+        import sounddevice as sd
+    except (ImportError, OSError) as exc:  # OSError: the PortAudio library is missing
+        return [f"Audio output: unavailable ({exc}); playback in the app needs PortAudio"]
+    try:
+        devices = sd.query_devices()
+        default_out = sd.default.device[1]
+    except Exception as exc:  # PortAudio present but failing (no audio server, ...)
+        return [f"Audio output: unavailable ({exc})"]
+    outputs = [(i, d) for i, d in enumerate(devices) if d["max_output_channels"] > 0]
+    if not outputs:
+        return ["Audio output devices: none found"]
+    return ["Audio output devices:"] + [
+        f"  {'*' if i == default_out else ' '} {d['name']} ({d['max_output_channels']} ch, "
+        f"{d['default_samplerate']:.0f} Hz)" for i, d in outputs]
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from engine import __version__
+    from engine.backends import resolve_backend_kind
+    from engine.coreml_cache import cache_root, list_entries
+    from engine.store import data_dir
+
+    mac = platform.mac_ver()[0]
+    system = f"macOS {mac}" if mac else platform.platform()
+    entries = list_entries()
+    auto = resolve_backend_kind("auto")
+    lines = [f"Demixer {__version__}",
+             f"Platform: {system} ({platform.machine()})",
+             f"Python: {platform.python_version()} ({sys.executable})",
+             _torch_line(), *_coreml_lines(),
+             f"Backends: torch; coreml {'yes' if auto == 'coreml' else 'no'} (auto picks {auto})",
+             f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
+             *_audio_lines()]
+    print("\n".join(lines))
+    return 0
