@@ -56,6 +56,18 @@ class TorchBackend:
             self.name = f"torch-{precision}"
 
     def predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # The MHA "fast path" computes self-attention with a materialised (F*T)^2 matrix; off,
+        # nn.MultiheadAttention uses scaled_dot_product_attention (flash kernel on CPU): same
+        # fp32 result (>130 dB), 11% faster per segment here. NB: the flag is process-global;
+        # it is restored after each call, and nothing else in Demixer runs MHA concurrently.
+        fastpath = torch.backends.mha.get_fastpath_enabled()
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return self._predict(spec, wave)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(fastpath)
+
+    def _predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.precision == "bf16"):
             s = torch.from_numpy(np.ascontiguousarray(spec)).to(self.device)

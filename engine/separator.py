@@ -11,6 +11,7 @@ Normalisation is demucs's (`demucs.api.Separator.separate_tensor`): the model se
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,8 @@ from engine.core import CoreShapes
 from engine.errors import Cancelled, DemixerError
 from engine.overlap_add import Combiner, PassAccumulator
 from engine.stembuffers import StemBuffers, read_track_window
+
+FFT_WORKERS = max(1, min(4, os.cpu_count() or 1))  # scipy.fft threads for STFT / iSTFT
 
 
 @dataclass(frozen=True)
@@ -140,8 +143,8 @@ class Separator:
             inside = slice(max(0, -c.src_start), min(self.segment, audio.shape[-1] - c.src_start))
             window[:, inside] = (window[:, inside] - mean) / std
             wave[i, :, :self.segment] = window
-        spec = stft.to_cac(stft.spec(wave, self.shapes.nfft))
+        spec = stft.to_cac(stft.spec(wave, self.shapes.nfft, workers=FFT_WORKERS))
         spec_out, time_out = backend.predict(spec, wave)
-        y = stft.ispec(stft.from_cac(spec_out), train)
+        y = stft.ispec_cac(spec_out, train, workers=FFT_WORKERS)
         y = time_out + y
         return [y[i, ..., c.trim:c.trim + c.length] for i, c in enumerate(chunks)]

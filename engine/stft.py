@@ -70,12 +70,33 @@ def _overlap_add(frames: np.ndarray, hop: int, offset: int) -> np.ndarray:
 
 def ispec(z: np.ndarray, length: int, workers: int = 1) -> np.ndarray:
     """HTDemucs `_ispec`: complex (..., F, T) -> float32 (..., length); nfft = 2F."""
-    nfft = 2 * z.shape[-2]
+    F, T = z.shape[-2:]
+    frames = np.zeros((*z.shape[:-2], T, F + 1), np.complex64)  # + the dropped Nyquist bin
+    frames[..., :F] = np.swapaxes(z, -1, -2)
+    return _ispec_frames(frames, length, workers)
+
+
+def ispec_cac(m: np.ndarray, length: int, workers: int = 1) -> np.ndarray:
+    """`ispec(from_cac(m))` without the temporaries: (..., 2C, F, T) float32 -> (..., C, length).
+
+    The real/imaginary channel pairs are copied once, transposed, into an interleaved buffer
+    that *is* the complex64 frames (with the zero Nyquist bin), so no complex128 temporaries
+    and no padding copy are made; this halves the iSTFT's cost per chunk.
+    """
+    *lead, c2, F, T = m.shape
+    pairs = m.reshape(*lead, c2 // 2, 2, F, T)
+    buf = np.zeros((*lead, c2 // 2, T, F + 1, 2), np.float32)
+    buf[..., :F, :] = np.moveaxis(pairs, -3, -1).swapaxes(-2, -3)
+    return _ispec_frames(buf.view(np.complex64)[..., 0], length, workers)
+
+
+def _ispec_frames(z: np.ndarray, length: int, workers: int) -> np.ndarray:
+    """complex64 frames (..., T, nfft/2 + 1) -> float32 (..., length), as HTDemucs `_ispec`."""
+    nfft = 2 * (z.shape[-1] - 1)
     hop = nfft // 4
-    T = z.shape[-1]
+    T = z.shape[-2]
     pad = hop // 2 * 3
-    frames = scipy.fft.irfft(np.swapaxes(z, -1, -2), n=nfft, axis=-1, workers=workers)
-    frames = frames.astype(np.float32, copy=False)
+    frames = scipy.fft.irfft(z, n=nfft, axis=-1, workers=workers)
     frames *= hann(nfft) * np.float32(nfft ** 0.5)
     # demucs pads two all-zero frames on each side: they add nothing to the signal but do
     # add to the window envelope, so the envelope is that of T + 4 frames.
@@ -90,7 +111,7 @@ def ispec(z: np.ndarray, length: int, workers: int = 1) -> np.ndarray:
 def to_cac(z: np.ndarray) -> np.ndarray:
     """complex (B, C, F, T) -> float32 (B, 2C, F, T), channel 2c + (real, imag), as demucs."""
     B, C, F, T = z.shape
-    return np.stack([z.real, z.imag], axis=2).reshape(B, 2 * C, F, T).astype(np.float32)
+    return np.stack([z.real, z.imag], axis=2).reshape(B, 2 * C, F, T)
 
 
 def from_cac(m: np.ndarray) -> np.ndarray:

@@ -53,3 +53,12 @@ def test_ispec_inverts_spec_in_the_interior() -> None:
     inner = slice(4096, -4096)
     assert _rel(y[:, inner], x[:, inner]) <= 1e-5
     assert _rel(y, x) > 1e-2  # and the edges really do not: the crop is reproduced
+
+
+def test_ispec_cac_equals_ispec_of_from_cac() -> None:
+    rng = np.random.default_rng(5)
+    m = rng.standard_normal((2, 3, 4, 2048, 20)).astype(np.float32)  # (B, S, 2C, F, T)
+    want = stft.ispec(stft.from_cac(m), 19_000)
+    got = stft.ispec_cac(m, 19_000, workers=2)
+    assert got.shape == (2, 3, 2, 19_000) and got.dtype == np.float32
+    assert np.array_equal(got, want)
