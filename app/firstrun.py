@@ -1,0 +1,186 @@
+"""The first-run dialog: a model's download, verification and loading, with cancel, and a
+plain sentence and a way forward (retry, or the folder to put the checkpoint in) on failure."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QDialog,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.models import ModelKey, SeparationService
+from app.reveal import reveal
+from engine.backends import resolve_backend_kind
+from engine.catalogue import get_entry
+from engine.download import DownloadProgress
+from engine.errors import DemixerError
+from engine.store import checkpoints_dir
+
+if TYPE_CHECKING:
+    from engine.convert import ConvertProgress
+
+PENDING, ACTIVE, DONE = "○", "◉", "✓"
+
+
+class ModelDialog(QDialog):
+    ready = Signal(object)  # ModelKey
+    declined = Signal(object, str)  # ModelKey, why
+
+    def __init__(self, key: ModelKey, loader: SeparationService,
+                 parent: QWidget | None = None, converting: bool = False) -> None:
+        """`converting`: opened because a conversion started (the checkpoint is there)."""
+        super().__init__(parent)
+        self.converting = converting
+        self.key, self.loader = key, loader
+        self.entry = get_entry(key.name)
+        self.setWindowTitle("Preparing a model" if converting else "Downloading a model")
+        self.setMinimumWidth(520)
+        self.stage_labels: dict[str, QLabel] = {}
+        self._declined = False
+        self._why = "it was not downloaded"
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.detail = QLabel()
+        self.error = QLabel()
+        self.error.setWordWrap(True)
+        self.error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error.setStyleSheet("color: #d9534f;")
+        self.retry = QPushButton("Retry")
+        self.folder = QPushButton("Show Folder")
+        self.cancel = QPushButton("Cancel")
+        self.retry.clicked.connect(self.start)
+        self.folder.clicked.connect(lambda: reveal(checkpoints_dir()))
+        self.cancel.clicked.connect(self._cancel)
+        self._build()
+        loader.progress.connect(self._on_progress)
+        loader.converting.connect(self.show_conversion)
+        loader.loaded.connect(self._on_loaded)
+        loader.failed.connect(self._on_failed)
+        loader.cancelled.connect(self._on_cancelled)
+
+    def _stages(self) -> list[tuple[str, str]]:
+        size = sum(c.bytes or 0 for c in self.entry.checkpoints)
+        files = len(self.entry.checkpoints)
+        what = f"{files} checkpoints" if files > 1 else "the checkpoint"
+        mb = f" ({size / 1e6:.0f} MB)" if size else ""
+        stages = [("download", f"Download {what}{mb}"), ("load", "Verify SHA-256 and load")]
+        try:
+            coreml = resolve_backend_kind(self.key.backend) == "coreml"
+        except DemixerError:
+            coreml = False
+        if coreml or self.converting:
+            stages.append(("convert", "Convert for the Neural Engine (first time only)"))
+        return stages
+
+    def _build(self) -> None:
+        what = ("is being prepared for the Neural Engine; this happens once" if self.converting
+                else "is needed to separate songs. It is downloaded once and kept in"
+                f"<br><code>{checkpoints_dir()}</code>")
+        intro = QLabel(f"<b>{self.entry.title}</b> {what}.")
+        intro.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.addWidget(intro)
+        for key, text in self._stages():
+            label = QLabel()
+            label.setProperty("text_", text)
+            self.stage_labels[key] = label
+            layout.addWidget(label)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.detail)
+        layout.addWidget(self.error)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.folder)
+        buttons.addStretch(1)
+        buttons.addWidget(self.retry)
+        buttons.addWidget(self.cancel)
+        layout.addLayout(buttons)
+
+    def _mark(self, active: str) -> None:
+        order = list(self.stage_labels)
+        for key, label in self.stage_labels.items():
+            mark = DONE if order.index(key) < order.index(active) else (
+                ACTIVE if key == active else PENDING)
+            label.setText(f"{mark}  {label.property('text_')}")
+
+    def start(self) -> None:
+        """(Re)start the download and load."""
+        self.error.hide()
+        self.retry.hide()
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.detail.setText("Connecting…")
+        self._mark("download")
+        self.loader.load(self.key)
+
+    def follow(self) -> None:
+        """Show a load already under way (a conversion the worker started by itself)."""
+        self.error.hide()
+        self.retry.hide()
+        self.detail.setText("")
+        self._mark("convert")
+
+    def _on_progress(self, key: ModelKey, p: DownloadProgress) -> None:
+        if key != self.key:
+            return
+        if p.total:
+            self.bar.setValue(int(1000 * p.done / p.total))
+            self.detail.setText(f"{p.file}: {p.done / 1e6:.1f} of {p.total / 1e6:.1f} MB"
+                                f" · {p.bytes_per_s / 1e6:.1f} MB/s")
+            if p.done >= p.total:
+                self._mark("load")
+                self.bar.setRange(0, 0)
+        else:
+            self.detail.setText(f"{p.file}: {p.done / 1e6:.1f} MB")
+
+    def show_conversion(self, key: ModelKey, p: ConvertProgress) -> None:
+        if key != self.key or "convert" not in self.stage_labels:
+            return
+        self._mark("convert")
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(int(1000 * p.fraction))
+        self.detail.setText(p.message)
+
+    def _on_loaded(self, key: ModelKey) -> None:
+        if key == self.key:
+            for label in self.stage_labels.values():
+                label.setText(f"{DONE}  {label.property('text_')}")
+            self.ready.emit(key)
+            self.accept()
+
+    def _on_failed(self, key: ModelKey, message: str) -> None:
+        if key != self.key:
+            return
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.detail.setText("")
+        self.error.setText(message)
+        self.error.show()
+        self.retry.show()
+
+    def _on_cancelled(self, key: ModelKey) -> None:
+        if key == self.key:
+            self._why = "its download was cancelled"
+            self.reject()
+
+    def _cancel(self) -> None:
+        self.reject()
+
+    def reject(self) -> None:
+        """Cancel, Escape or the close box: stop a running download first (its `cancelled`
+        signal comes back here), then tell the queue the model is not there."""
+        if self.loader.busy == self.key:
+            self.loader.cancel()
+            return
+        if not self._declined:
+            self._declined = True
+            self.declined.emit(self.key, f"Model {self.key.name} is not available: "
+                                         f"{self._why}.")
+        super().reject()

@@ -1,0 +1,84 @@
+"""Starting the app: `run_app(files)` for `demixer [FILE...]` and `python -m app`.
+
+`DemixerApplication` handles QFileOpenEvent, which macOS sends for files dropped on the Dock
+icon or opened with the app in Finder (also at launch, before the window exists).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject
+from PySide6.QtGui import QFileOpenEvent, QIcon
+from PySide6.QtWidgets import QApplication
+
+from app.mainwindow import MainWindow
+from app.settings import Settings
+
+
+class DemixerApplication(QApplication):
+    def __init__(self, argv: Sequence[str]) -> None:
+        super().__init__(list(argv))
+        self.setApplicationName("Demixer")
+        self.setOrganizationName("Demixer")
+        self.setApplicationDisplayName("Demixer")
+        icon = Path(__file__).resolve().parents[1] / "resources" / "Demixer.png"
+        if icon.is_file():  # from a checkout; the .app bundle has its own .icns
+            self.setWindowIcon(QIcon(str(icon)))
+        self.window: MainWindow | None = None
+        self.pending: list[str] = []
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.FileOpen and isinstance(event, QFileOpenEvent):
+            self.open_files([event.file()])
+            return True
+        return super().event(event)
+
+    def open_files(self, paths: list[str]) -> None:
+        if self.window is None:
+            self.pending += paths
+        else:
+            self.window.open_paths(paths)
+
+    def set_window(self, window: MainWindow) -> None:
+        self.window = window
+        pending, self.pending = self.pending, []
+        if pending:
+            window.open_paths(pending)
+
+
+def install_file_open_filter(app: QApplication, window: MainWindow) -> QObject:
+    """For a QApplication that is not ours (tests): route FileOpen events to `window`."""
+
+    class _Filter(QObject):
+        def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802
+            if event.type() == QEvent.Type.FileOpen and isinstance(event, QFileOpenEvent):
+                window.open_paths([event.file()])
+                return True
+            return False
+
+    handler = _Filter(app)
+    app.installEventFilter(handler)
+    return handler
+
+
+def run_app(files: list[str]) -> int:
+    """Open the window with `files` queued as if dropped; run until it closes."""
+    app = QApplication.instance()
+    if app is None:
+        app = DemixerApplication(sys.argv[:1])
+    window = MainWindow(Settings())
+    if isinstance(app, DemixerApplication):
+        app.set_window(window)
+    else:
+        install_file_open_filter(app, window)  # type: ignore[arg-type]
+    window.show()
+    # Ctrl+C in the terminal that ran `demixer`: close as ⌘Q would (the 30 Hz timer lets
+    # Python see the signal while Qt's loop waits).
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    window.service.client.start()  # the worker warms up (imports, model) while the user looks
+    window.open_paths(files)
+    return int(app.exec())

@@ -1,0 +1,318 @@
+"""The playback mixer: lanes summed with per-lane gains in the audio callback. Qt-free.
+
+Three threads touch a `Mixer`:
+  - the GUI calls `load`, `play`, `pause`, `seek`, `set_gains` and reads `position`;
+  - the feeder thread (`fill_step`) copies lane audio from disk into a preallocated ring
+    (RING_FRAMES per lane) ahead of the playhead, never past the song's ready mark;
+  - the audio callback (`callback`) mixes from the ring into `outdata`.
+
+The callback follows DESIGN.md rule 3: no allocation of buffers (every array is preallocated,
+every ufunc writes with `out=`), no locks, no logging, no I/O, no Qt; it always fills all of
+`outdata` (zeros when paused, past the end, or past the ready region — where it waits).
+Gain changes ramp linearly over RAMP_FRAMES (10 ms); play and pause fade over the same time.
+
+NB: thread-safety without locks. Every shared value has one writer and is a single reference
+or int store (atomic in CPython):
+  - `_Session.seek_to`/`seek_gen`: written by the GUI (seek_to first, then the generation);
+  - `_Session.fill` = (gen, start, end): written by the feeder; the ring holds frames
+    [start, end) of seek generation `gen`; it writes only frames >= end, and only up to
+    position + RING_FRAMES, so it never touches a slot the callback may still read;
+  - `_Session.play_gen`/`position`: written by the callback;
+  - `_Session.gains`: a new array assigned by the GUI, never mutated in place;
+  - `transport`: 1.0 playing / 0.0 paused, written by the GUI.
+A song change swaps the whole `_Session` reference, so the callback sees one song or the other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from app.track import TrackAudio
+
+RAMP_FRAMES = 441  # 10 ms at 44.1 kHz
+MAX_BLOCK = 2048  # frames mixed per inner step (the callback loops over larger buffers)
+RING_FRAMES = 1 << 17  # ~3 s per lane ahead of the playhead
+FEED_FRAMES = 8192
+
+
+class _Session:
+    """Per-song state shared by the GUI, the feeder and the callback (see module NB)."""
+
+    def __init__(self, track: TrackAudio, gains: np.ndarray) -> None:
+        lanes, channels = len(track.lanes), track.channels
+        self.track = track
+        self.lanes = lanes
+        self.ring = np.zeros((lanes, RING_FRAMES, channels), np.float32)
+        self.fill: tuple[int, int, int] = (0, 0, 0)
+        self.seek_to, self.seek_gen = 0, 1
+        self.play_gen, self.position = 0, 0
+        self.gains = np.array(gains, np.float32)  # target, replaced by the GUI
+        self.seen_gains = self.gains  # the target the callback ramps to
+        self.ramp_from = self.gains.copy()
+        self.ramp_to = self.gains.copy()
+        self.ramp_pos = RAMP_FRAMES  # >= RAMP_FRAMES: no ramp in progress
+        self.gain_delta = np.zeros(lanes, np.float32)
+        # feeder-only buffers
+        self.feed = np.zeros((FEED_FRAMES, channels), np.float32)
+        self.feed_scratch = np.zeros_like(self.feed)
+
+
+class Mixer:
+    def __init__(self, channels: int = 2) -> None:
+        self.channels = channels
+        self._session: _Session | None = None
+        self.transport = 0.0  # GUI: 1.0 play, 0.0 pause
+        self._fade_from, self._fade_to, self._fade_pos = 0.0, 0.0, RAMP_FRAMES
+        self.output_active = False  # set by the output: callbacks are being made
+        self.callbacks = 0  # plain counters for the GUI's timer
+        self.xruns = 0
+        # (frames, C) like outdata: same-shape ufuncs need no broadcasting buffers
+        self._t = np.repeat(np.arange(MAX_BLOCK, dtype=np.float32)[:, None], channels, axis=1)
+        self._ramp = np.zeros((MAX_BLOCK, channels), np.float32)
+        self._gain = np.zeros((MAX_BLOCK, channels), np.float32)
+        self._tmp = np.zeros((MAX_BLOCK, channels), np.float32)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._feeder: threading.Thread | None = None
+        self._feeding: _Session | None = None  # the session a fill_step is reading now
+
+    # --- GUI side ---------------------------------------------------------------------
+
+    @property
+    def track(self) -> TrackAudio | None:
+        s = self._session
+        return None if s is None else s.track
+
+    def load(self, track: TrackAudio | None, gains: Sequence[float] | None = None) -> None:
+        """Play `track` from its start (paused), with per-lane `gains` (default all 1)."""
+        self.transport = 0.0
+        if track is None:
+            self._session = None
+            return
+        g = np.ones(len(track.lanes), np.float32) if gains is None else np.asarray(gains)
+        self._session = _Session(track, g)
+        self._wake.set()
+
+    def release(self, track: TrackAudio) -> None:
+        """Unload `track` if loaded, and return once the feeder no longer reads it, so the
+        caller may close its files."""
+        s = self._session
+        if s is not None and s.track is track:
+            self.load(None)
+        for _ in range(500):
+            feeding = self._feeding
+            if feeding is None or feeding.track is not track:
+                return
+            time.sleep(0.001)
+
+    def play(self) -> None:
+        self.transport = 1.0
+
+    def pause(self) -> None:
+        self.transport = 0.0
+
+    @property
+    def playing(self) -> bool:
+        return self.transport > 0.0
+
+    def seek(self, frame: int) -> int:
+        """Move the playhead to `frame`, clamped to the ready region; returns where it went."""
+        s = self._session
+        if s is None:
+            return 0
+        frame = max(0, min(int(frame), s.track.ready_frames))
+        s.seek_to = frame
+        s.seek_gen += 1  # NB: publishes the seek (seek_to is written first)
+        self._wake.set()
+        return frame
+
+    def set_gains(self, gains: Sequence[float]) -> None:
+        s = self._session
+        if s is not None:
+            s.gains = np.array(gains, np.float32)  # NB: a new array, assigned at once
+
+    @property
+    def gains(self) -> np.ndarray:
+        s = self._session
+        return np.zeros(0, np.float32) if s is None else s.gains
+
+    @property
+    def position(self) -> int:
+        """The playhead (frames at the track's rate), including a seek not yet taken up."""
+        s = self._session
+        if s is None:
+            return 0
+        return s.seek_to if s.seek_gen != s.play_gen else s.position
+
+    @property
+    def waiting(self) -> bool:
+        """Playing, but stopped at the edge of what has been separated so far."""
+        s = self._session
+        return (s is not None and self.playing and not s.track.complete
+                and self.position >= s.track.ready_frames)
+
+    # --- feeder ----------------------------------------------------------------------
+
+    def start_feeder(self) -> None:
+        if self._feeder is None:
+            self._feeder = threading.Thread(target=self._feed_loop, name="demixer-feeder",
+                                            daemon=True)
+            self._feeder.start()
+
+    def stop_feeder(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._feeder is not None:
+            self._feeder.join(2.0)
+            self._feeder = None
+        self._stop.clear()
+
+    def _feed_loop(self) -> None:
+        while not self._stop.is_set():
+            self._feeding = self._session
+            try:
+                worked = self.fill_step(self._feeding)
+            except (OSError, ValueError, IndexError):  # the track was closed under us
+                worked = False
+            self._feeding = None
+            if not worked:
+                self._wake.wait(0.01)
+                self._wake.clear()
+
+    def fill_step(self, session: _Session | None = None) -> bool:
+        """Copy up to FEED_FRAMES of every lane into the ring; whether anything was copied."""
+        s = session or self._session
+        if s is None:
+            return False
+        gen = s.seek_gen
+        if s.fill[0] != gen:
+            if self.output_active and s.play_gen != gen:
+                return False  # NB: the callback may still read the old ring; wait for it
+            s.fill = (gen, s.seek_to, s.seek_to)
+        g, start, end = s.fill
+        played = s.position if s.play_gen == g else start
+        n = min(FEED_FRAMES, s.track.ready_frames - end, played + RING_FRAMES - end)
+        if n <= 0:
+            return False
+        slot = end % RING_FRAMES
+        first = min(n, RING_FRAMES - slot)
+        for lane in range(s.lanes):
+            s.track.read_lane_into(lane, end, s.feed[:n], s.feed_scratch[:n])
+            s.ring[lane, slot:slot + first] = s.feed[:first]
+            s.ring[lane, :n - first] = s.feed[first:n]
+        s.fill = (g, start, end + n)  # NB: published after the ring is written
+        return True
+
+    # --- the audio callback ------------------------------------------------------------
+
+    def callback(self, outdata: np.ndarray, frames: int, time_info: object, status: object) -> None:
+        """sounddevice's OutputStream callback: outdata (frames, C) float32."""
+        outdata.fill(0.0)
+        self.callbacks += 1
+        if status:
+            self.xruns += 1
+        s = self._session
+        if s is None:
+            return
+        gen = s.seek_gen
+        if gen != s.play_gen:
+            s.position = s.seek_to
+            s.play_gen = gen
+        self._start_fade()
+        if self._fade_to == 0.0 and self._fade_pos >= RAMP_FRAMES:
+            self._snap_gains(s)
+            return  # paused
+        g, start, end = s.fill
+        n = min(frames, end - s.position) if g == s.play_gen and start <= s.position else 0
+        if n <= 0:  # past the end or the ready region: silence, and wait there
+            if self._fade_to > 0.0:  # fade in again when the audio arrives
+                self._fade_from, self._fade_pos = 0.0, 0
+            else:
+                self._fade_pos = RAMP_FRAMES
+            self._snap_gains(s)
+            return
+        self._start_ramp(s)
+        self._mix(s, outdata, n)
+        self._apply_fade(outdata, n)
+        s.position += n
+        s.ramp_pos += n
+        self._fade_pos += n
+
+    def _start_fade(self) -> None:
+        target = self.transport
+        if target != self._fade_to:
+            frac = min(1.0, self._fade_pos / RAMP_FRAMES)
+            self._fade_from += (self._fade_to - self._fade_from) * frac
+            self._fade_to, self._fade_pos = target, 0
+
+    def _start_ramp(self, s: _Session) -> None:
+        """Begin a ramp from the current gains when the GUI has assigned new ones."""
+        target = s.gains
+        if target is s.seen_gains or target.shape != s.ramp_to.shape:
+            return
+        frac = min(1.0, s.ramp_pos / RAMP_FRAMES)
+        np.subtract(s.ramp_to, s.ramp_from, out=s.gain_delta)
+        np.multiply(s.gain_delta, frac, out=s.gain_delta)
+        np.add(s.ramp_from, s.gain_delta, out=s.ramp_from)
+        np.copyto(s.ramp_to, target)
+        s.seen_gains = target
+        s.ramp_pos = 0
+
+    def _snap_gains(self, s: _Session) -> None:
+        """While silent, gains jump straight to their targets (nothing can click)."""
+        if s.gains is not s.seen_gains and s.gains.shape == s.ramp_to.shape:
+            np.copyto(s.ramp_to, s.gains)
+            s.seen_gains = s.gains
+        np.copyto(s.ramp_from, s.ramp_to)
+        s.ramp_pos = RAMP_FRAMES
+
+    def _ramp_into(self, k: int, pos: int) -> np.ndarray:
+        """r[t, c] = min(1, (pos + t + 1) / RAMP_FRAMES) for t < k, in a preallocated buffer."""
+        r = self._ramp[:k]
+        np.add(self._t[:k], np.float32(pos + 1), out=r)
+        np.multiply(r, np.float32(1.0 / RAMP_FRAMES), out=r)
+        np.minimum(r, np.float32(1.0), out=r)
+        return r
+
+    def _mix(self, s: _Session, out: np.ndarray, n: int) -> None:
+        """out[:n] = sum over lanes of gain(t) * ring, from s.position, in ring-contiguous steps."""
+        o = 0
+        while o < n:
+            slot = (s.position + o) % RING_FRAMES
+            k = min(n - o, MAX_BLOCK, RING_FRAMES - slot)
+            ramping = s.ramp_pos + o < RAMP_FRAMES
+            r = self._ramp_into(k, s.ramp_pos + o) if ramping else self._ramp[:0]
+            dst, tmp, gain = out[o:o + k], self._tmp[:k], self._gain[:k]
+            for lane in range(s.lanes):
+                lo, hi = s.ramp_from[lane], s.ramp_to[lane]
+                seg = s.ring[lane, slot:slot + k]
+                if ramping and lo != hi:
+                    np.multiply(r, hi - lo, out=gain)
+                    np.add(gain, lo, out=gain)
+                    np.multiply(seg, gain, out=tmp)
+                elif hi != 0.0:
+                    np.multiply(seg, hi, out=tmp)
+                else:
+                    continue
+                np.add(dst, tmp, out=dst)
+            o += k
+
+    def _apply_fade(self, out: np.ndarray, n: int) -> None:
+        """Multiply out[:n] by the play/pause fade, if one is in progress."""
+        if self._fade_pos >= RAMP_FRAMES:
+            if self._fade_to == 0.0:
+                out[:n].fill(0.0)
+            return
+        lo, hi, o = self._fade_from, self._fade_to, 0
+        while o < n:
+            k = min(n - o, MAX_BLOCK)
+            r = self._ramp_into(k, self._fade_pos + o)
+            gain = self._gain[:k]
+            np.multiply(r, np.float32(hi - lo), out=gain)
+            np.add(gain, np.float32(lo), out=gain)
+            np.multiply(out[o:o + k], gain, out=out[o:o + k])
+            o += k

@@ -1,0 +1,181 @@
+"""The sidebar lists: the separation queue (state, progress, cancel/retry/remove) and the
+library of finished songs (open, export, reveal, delete)."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QPoint, Qt, Signal
+from PySide6.QtGui import QAction, QKeyEvent
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QProgressBar,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.library import LibraryEntry
+from app.queue import QueueItem, SeparationQueue, State
+from app.timeline import format_time
+
+
+def _button(text: str, tip: str) -> QToolButton:
+    button = QToolButton()
+    button.setText(text)
+    button.setToolTip(tip)
+    button.setAutoRaise(True)
+    button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+    return button
+
+
+class QueueRow(QWidget):
+    def __init__(self, item: QueueItem, queue: SeparationQueue,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.item = item
+        self.name = QLabel(item.path.name)
+        self.name.setStyleSheet("font-weight: 600;")
+        self.status = QLabel()
+        self.status.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setTextVisible(False)
+        self.bar.setFixedHeight(5)
+        self.cancel = _button("✕", "Cancel")
+        self.retry = _button("↻", "Retry")
+        self.remove = _button("−", "Remove from the queue")
+        self.cancel.clicked.connect(lambda: queue.cancel(item))
+        self.retry.clicked.connect(lambda: queue.retry(item))
+        self.remove.clicked.connect(lambda: queue.remove(item))
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.name, 1)
+        for b in (self.cancel, self.retry, self.remove):
+            top.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(6, 4, 6, 6)
+        layout.setSpacing(2)
+        layout.addLayout(top)
+        layout.addWidget(self.status)
+        layout.addWidget(self.bar)
+        self.refresh()
+
+    def refresh(self) -> None:
+        item = self.item
+        self.status.setText(item.status_text())
+        self.status.setToolTip(item.message)
+        colour = "#d9534f" if item.state == State.FAILED else "palette(mid)"
+        self.status.setStyleSheet(f"color: {colour};")
+        running = item.state in (State.PREPARING, State.SEPARATING)
+        self.bar.setVisible(running)
+        if item.state == State.PREPARING:
+            self.bar.setRange(0, 0)  # busy
+        else:
+            self.bar.setRange(0, 1000)
+            self.bar.setValue(int(1000 * item.fraction) if item.stage == "separating" else 0)
+        self.cancel.setVisible(running or item.state == State.QUEUED)
+        self.retry.setVisible(item.state in (State.FAILED, State.CANCELLED))
+        self.remove.setVisible(not running)
+
+
+class QueueView(QListWidget):
+    showRequested = Signal(object)  # QueueItem
+
+    def __init__(self, queue: SeparationQueue, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.queue = queue
+        self.rows: dict[int, tuple[QListWidgetItem, QueueRow]] = {}
+        queue.added.connect(self._add)
+        queue.changed.connect(self._refresh)
+        queue.removed.connect(self._remove)
+        self.itemClicked.connect(self._clicked)
+        self.itemActivated.connect(self._clicked)
+
+    def _add(self, item: QueueItem) -> None:
+        widget = QListWidgetItem()
+        row = QueueRow(item, self.queue)
+        widget.setData(Qt.ItemDataRole.UserRole, item.id)
+        self.addItem(widget)
+        self.setItemWidget(widget, row)
+        widget.setSizeHint(row.sizeHint())
+        self.rows[item.id] = (widget, row)
+
+    def _refresh(self, item: QueueItem) -> None:
+        if item.id in self.rows:
+            widget, row = self.rows[item.id]
+            row.refresh()
+            widget.setSizeHint(row.sizeHint())
+
+    def _remove(self, item: QueueItem) -> None:
+        if item.id in self.rows:
+            widget, _ = self.rows.pop(item.id)
+            self.takeItem(self.row(widget))
+
+    def row_for(self, item: QueueItem) -> QueueRow:
+        return self.rows[item.id][1]
+
+    def _clicked(self, widget: QListWidgetItem) -> None:
+        item_id = widget.data(Qt.ItemDataRole.UserRole)
+        item = next((i for i in self.queue.items if i.id == item_id), None)
+        if item is not None:
+            self.showRequested.emit(item)
+
+
+class LibraryView(QListWidget):
+    openRequested = Signal(object)  # LibraryEntry
+    exportRequested = Signal(object)
+    revealRequested = Signal(object)
+    deleteRequested = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.entries: list[LibraryEntry] = []
+        self.itemClicked.connect(lambda w: self.openRequested.emit(self._entry(w)))
+        self.itemActivated.connect(lambda w: self.openRequested.emit(self._entry(w)))
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+        self.customContextMenuRequested.connect(self._menu)
+
+    def set_entries(self, entries: list[LibraryEntry]) -> None:
+        self.clear()
+        self.entries = entries
+        for index, entry in enumerate(entries):
+            when = time.strftime("%d %b %Y", time.localtime(entry.created))
+            two = " · vocals/instrumental" if entry.two_stems else ""
+            widget = QListWidgetItem(f"{entry.title}\n{entry.model}{two} · "
+                                     f"{format_time(entry.seconds, tenths=False)} · {when}")
+            widget.setData(Qt.ItemDataRole.UserRole, index)
+            widget.setToolTip(entry.source)
+            self.addItem(widget)
+
+    def _entry(self, widget: QListWidgetItem) -> LibraryEntry:
+        return self.entries[int(widget.data(Qt.ItemDataRole.UserRole))]
+
+    def current_entry(self) -> LibraryEntry | None:
+        widget = self.currentItem()
+        return None if widget is None else self._entry(widget)
+
+    def _menu(self, pos: QPoint) -> None:
+        widget = self.itemAt(pos)
+        if widget is None:
+            return
+        entry = self._entry(widget)
+        menu = QMenu(self)
+        for text, signal in (("Open", self.openRequested), ("Export…", self.exportRequested),
+                             ("Reveal in Finder", self.revealRequested),
+                             ("Delete…", self.deleteRequested)):
+            action = QAction(text, menu)
+            action.triggered.connect(lambda _=False, s=signal: s.emit(entry))
+            menu.addAction(action)
+        menu.popup(self.viewport().mapToGlobal(pos))
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        entry = self.current_entry()
+        if entry is not None and event.key() in (Qt.Key.Key_Delete, Qt.Key.Key_Backspace):
+            self.deleteRequested.emit(entry)
+            return
+        super().keyPressEvent(event)

@@ -1,0 +1,254 @@
+"""The separation worker process: model loading and `engine.job.SeparationJob`s, off the GUI's
+interpreter. Qt-free.
+
+Why a process and not a thread: a thread doing numpy/torch work holds the GIL for much of
+the time (the tiny test model is almost all Python overhead), and every Python slot, paint
+and audio callback in the GUI process must take the GIL back; on a busy 2-core machine that
+stalled the GUI thread for 50-250 ms. In a child process the GUI and the audio callback never
+wait for it. The stems still stream: the child writes them into the library folder
+(`engine.stembuffers` files, positional writes into the shared page cache) and reports each
+new ready mark; the GUI process reads only below that mark, with its own file descriptors.
+
+Protocol over one duplex `multiprocessing` pipe (messages are tuples of picklable values):
+  parent -> child: ("prepare", key) | ("separate", job_id, path, key, stems_dir, mix_dir)
+                   | ("cancel", job_id) | ("quit",)
+  child -> parent: ("model", kind, key, payload)   progress|convert|loaded|failed|cancelled
+                   ("track", job_id, info)         stems exist: frames, rates, sources
+                   ("event", job_id, JobEvent)     the job's events, as engine.job sends them
+A model download is cancelled through a shared Event (the child is busy inside it then).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+Message = tuple[Any, ...]
+POLL_S = 0.05
+WORKER_NICE = 10
+
+
+def separation_threads() -> int:
+    """Torch threads for separating: leave one core to the GUI and the audio callback."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+# --- the child ---------------------------------------------------------------------------
+
+
+class _Child:
+    def __init__(self, conn: Connection, cancel_model: Any) -> None:
+        self.conn = conn
+        self.cancel_model = cancel_model
+        self.send_lock = threading.Lock()
+        self.cached: tuple[Any, Any] | None = None  # (ModelKey, Separator)
+        self.pending: list[Message] = []
+        self.quitting = False
+
+    def send(self, message: Message) -> None:
+        with self.send_lock:  # NB: the job thread and the main thread both send
+            self.conn.send(message)
+
+    def run(self) -> None:
+        while not self.quitting:
+            message = self.pending.pop(0) if self.pending else self.conn.recv()
+            if message[0] == "prepare":
+                self.prepare(message[1])
+            elif message[0] == "separate":
+                self.separate(*message[1:])
+            elif message[0] == "quit":
+                self.quitting = True
+
+    def separator(self, key: Any, report: bool) -> Any:
+        """The separator for `key`, loaded (and downloaded) if it is not the cached one."""
+        from app.models import build
+
+        if self.cached is not None and self.cached[0] == key:
+            return self.cached[1]
+        self.cached = None  # one model in memory at a time
+
+        def progress(p: Any) -> None:
+            if report:
+                self.send(("model", "progress", key, p))
+
+        def converting(p: Any) -> None:  # CoreML's first run: always worth showing
+            self.send(("model", "convert", key, p))
+
+        self.cancel_model.clear()
+        separator = build(key, progress, _EventAdapter(self.cancel_model), converting)
+        self.cached = (key, separator)
+        return separator
+
+    def prepare(self, key: Any) -> None:
+        from engine.errors import Cancelled, DemixerError
+
+        try:
+            self.separator(key, report=True)
+        except Cancelled:
+            self.send(("model", "cancelled", key, None))
+        except DemixerError as err:
+            self.send(("model", "failed", key, str(err)))
+        except (OSError, RuntimeError, MemoryError) as err:  # torch or the disk
+            self.send(("model", "failed", key, f"Model {key.name} cannot be loaded ({err})."))
+        else:
+            self.send(("model", "loaded", key, None))
+
+    def separate(self, job_id: int, path: str, key: Any, stems_dir: str, mix_dir: str) -> None:
+        from engine.errors import DemixerError
+        from engine.job import JobEvent, SeparationJob
+
+        try:
+            separator = self.separator(key, report=False)
+        except (DemixerError, OSError, RuntimeError, MemoryError) as err:
+            self.send(("event", job_id, JobEvent("failed", message=str(err))))
+            return
+        job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir))
+        job.on_event = lambda event: self.on_event(job, job_id, Path(mix_dir), event)
+        thread = job.start()
+        while thread.is_alive():
+            if self.conn.poll(POLL_S):
+                self.during_job(self.conn.recv(), job, job_id)
+        thread.join()
+
+    def during_job(self, message: Message, job: Any, job_id: int) -> None:
+        if message[0] == "cancel":
+            if message[1] == job_id:
+                job.cancel()
+        elif message[0] == "quit":
+            job.cancel()
+            self.quitting = True
+        else:
+            self.pending.append(message)
+
+    def on_event(self, job: Any, job_id: int, mix_dir: Path, event: Any) -> None:
+        """On the job's thread: keep the original mix once decoded, then report."""
+        if event.kind == "stage" and event.stage == "separating":
+            self.send(("track", job_id, keep_mix(job, mix_dir)))
+        self.send(("event", job_id, event))
+
+
+def keep_mix(job: Any, mix_dir: Path) -> dict[str, Any]:
+    """Copy the decoded original into `mix_dir`; what the GUI needs to open the stems."""
+    from app.library import copy_mix
+    from engine.errors import DemixerError
+
+    track = job.track
+    try:
+        copy_mix(track.audio, mix_dir, track.samplerate)
+    except OSError as err:  # raised into the job: it fails with this sentence
+        raise DemixerError(f"Cannot keep the original mix of {job.path.name} in {mix_dir} "
+                           f"({err.strerror or err}).") from None
+    return dict(frames=int(track.audio.shape[-1]), samplerate=track.samplerate,
+                source_rate=track.source_rate, source_frames=track.source_frames,
+                sources=list(job.stems.sources), channels=job.stems.channels)
+
+
+class _EventAdapter:
+    """A multiprocessing Event where the engine expects a threading.Event (is_set/wait)."""
+
+    def __init__(self, event: Any) -> None:
+        self.event = event
+
+    def is_set(self) -> bool:
+        return bool(self.event.is_set())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return bool(self.event.wait(timeout))
+
+    def set(self) -> None:
+        self.event.set()
+
+
+def serve(conn: Connection, cancel_model: Any) -> None:
+    """The child's main: serve requests until "quit" or the parent goes away."""
+    import torch
+
+    try:
+        os.nice(WORKER_NICE)  # background work: the GUI and playback get the CPU first
+    except OSError:
+        pass
+    torch.set_num_threads(separation_threads())
+    try:
+        _Child(conn, cancel_model).run()
+    except (EOFError, OSError, KeyboardInterrupt):
+        pass
+
+
+# --- the parent --------------------------------------------------------------------------
+
+
+class WorkerClient:
+    """The GUI side: starts the child on demand and hands its messages to `on_message`,
+    called on a reader thread (the Qt layer turns them into queued signals). If the child
+    dies, `on_message(("died", exitcode))` is called and the next request starts a new one."""
+
+    def __init__(self, on_message: Callable[[Message], None]) -> None:
+        self.on_message = on_message
+        self._ctx = multiprocessing.get_context("spawn")
+        self.cancel_model = self._ctx.Event()
+        self.process: Any = None
+        self.conn: Connection | None = None
+        self._reader: threading.Thread | None = None
+        self._closing = False
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def start(self) -> None:
+        if self.alive:
+            return
+        parent, child = self._ctx.Pipe(duplex=True)
+        self.process = self._ctx.Process(target=serve, args=(child, self.cancel_model),
+                                         name="demixer-worker", daemon=True)
+        self.process.start()
+        child.close()
+        self.conn = parent
+        self._reader = threading.Thread(target=self._read, args=(parent, self.process),
+                                        name="demixer-worker-reader", daemon=True)
+        self._reader.start()
+
+    def send(self, message: Message) -> None:
+        self.start()
+        assert self.conn is not None
+        try:
+            self.conn.send(message)
+        except OSError:  # the child died between start() and here
+            self.on_message(("died", self.process.exitcode))
+
+    def _read(self, conn: Connection, process: Any) -> None:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                process.join(1.0)
+                if not self._closing:
+                    self.on_message(("died", process.exitcode))
+                return
+            self.on_message(message)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Ask the child to stop (cancelling its job), then make sure it has."""
+        if self.process is None:
+            return
+        self._closing = True
+        self.cancel_model.set()
+        try:
+            if self.conn is not None:
+                self.conn.send(("quit",))
+        except OSError:
+            pass
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2.0)
+        if self.conn is not None:
+            self.conn.close()
+        if self._reader is not None:
+            self._reader.join(2.0)
+        self.process, self.conn, self._closing = None, None, False

@@ -1,0 +1,74 @@
+"""GUI test setup: offscreen Qt, the app's QApplication class, isolated settings, helpers."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt
+
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from app.library import Library  # noqa: E402
+from app.main import DemixerApplication  # noqa: E402
+from app.mainwindow import MainWindow  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from tests.engine.audio_files import sine_mix, write_wav  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qapp_cls() -> type:
+    """pytest-qt makes the session's QApplication from this: the app's own subclass."""
+    return DemixerApplication
+
+
+@pytest.fixture(autouse=True)
+def _isolated_qsettings(tmp_path: Path) -> None:
+    """Settings made without an explicit store (e.g. by `run_app`) land in a temp folder."""
+    for fmt in (QSettings.Format.NativeFormat, QSettings.Format.IniFormat):
+        QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+
+
+@pytest.fixture
+def model_repo(tiny_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DEMIXER_MODEL_REPO", str(tiny_repo))
+    return tiny_repo
+
+
+@pytest.fixture
+def make_window(qtbot, settings: Settings) -> Iterator:  # type: ignore[no-untyped-def]
+    """Windows over the test's settings and DEMIXER_HOME; shut down after the test."""
+    made: list[MainWindow] = []
+
+    def make(store: Settings | None = None,
+             size: tuple[int, int] | None = (1200, 760)) -> MainWindow:
+        window = MainWindow(store or settings, Library())
+        qtbot.addWidget(window)
+        if size is not None:
+            window.resize(*size)
+        window.show()
+        made.append(window)
+        return window
+
+    yield make
+    for window in made:
+        window.shutdown()
+
+
+@pytest.fixture
+def window(make_window) -> MainWindow:  # type: ignore[no-untyped-def]
+    return make_window()
+
+
+@pytest.fixture
+def song(tmp_path: Path) -> Path:
+    """Four seconds of stereo sines at 44.1 kHz: one chunk for the tiny model."""
+    return write_wav(tmp_path / "song.wav", sine_mix(4.0, 44100, amplitude=0.4), 44100)

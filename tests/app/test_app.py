@@ -1,0 +1,164 @@
+"""Starting the app, files from Finder/Dock, settings and window state, menus, import rules."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtGui import QAction, QFileOpenEvent, QKeySequence, QPalette
+from PySide6.QtWidgets import QApplication
+
+from app.main import DemixerApplication, run_app
+from app.preferences import PreferencesDialog
+from app.queue import State
+from app.settings import Settings
+from tests.app.gui import wait_for
+
+
+def test_run_app_opens_the_window_with_the_files_queued(model_repo, song, qtbot) -> None:  # type: ignore[no-untyped-def]
+    app = QApplication.instance()
+    assert isinstance(app, DemixerApplication)
+    seen: list[tuple[Path, State]] = []
+
+    def look_then_quit() -> None:
+        window = app.window
+        assert window is not None and window.isVisible()
+        seen.extend((i.path, i.state) for i in window.queue.items)
+        window.close()
+
+    QTimer.singleShot(300, look_then_quit)
+    try:
+        assert run_app([str(song)]) == 0
+    finally:
+        app.window = None
+    assert seen and seen[0][0] == song and seen[0][1] in (State.PREPARING, State.SEPARATING)
+    assert Settings().recent_files == [str(song.resolve())]  # in the isolated default store
+
+
+def test_finder_and_dock_open_events_queue_files(make_window, model_repo, song, qtbot) -> None:  # type: ignore[no-untyped-def]
+    app = QApplication.instance()
+    assert isinstance(app, DemixerApplication)
+    try:
+        QApplication.sendEvent(app, QFileOpenEvent(str(song)))  # at launch, before a window
+        assert app.pending == [str(song)]
+        window = make_window()
+        app.set_window(window)
+        assert [i.path for i in window.queue.items] == [song] and app.pending == []
+        QApplication.sendEvent(app, QFileOpenEvent(str(song)))  # later, onto the Dock icon
+        assert len(window.queue.items) == 2
+        for item in window.queue.items:
+            wait_for(qtbot, item)
+    finally:
+        app.window = None
+
+
+def test_settings_and_window_state_persist(make_window, settings, qtbot) -> None:  # type: ignore[no-untyped-def]
+    window = make_window()
+    window.model_box.setCurrentIndex(window.model_box.findData("htdemucs_ft"))
+    window.two_stems_box.setChecked(True)
+    window.resize(700, 560)  # within the offscreen screen (800 x 600): restore clamps to it
+    window.splitter.setSizes([300, 400])
+    window.close()
+    store = QSettings(settings.store.fileName(), QSettings.Format.IniFormat)
+    again = make_window(Settings(store), size=None)
+    assert again.model_box.currentData() == "htdemucs_ft" and again.two_stems_box.isChecked()
+    assert again.model_key().name == "htdemucs_ft"
+    assert (again.width(), again.height()) == (700, 560)
+    assert again.splitter.sizes()[0] == 300
+
+
+def test_preferences_write_the_settings(settings, tmp_path, qtbot) -> None:  # type: ignore[no-untyped-def]
+    dialog = PreferencesDialog(settings)
+    qtbot.addWidget(dialog)
+    dialog.shifts.setValue(3)
+    dialog.folder.setText(str(tmp_path / "stems"))
+    dialog.container.setCurrentIndex(dialog.container.findData("flac"))
+    assert not dialog.depth_box.model().item(dialog.depth_box.findData("float32")).isEnabled()
+    dialog.depth_box.setCurrentIndex(dialog.depth_box.findData("int16"))
+    dialog.backend.setCurrentIndex(dialog.backend.findData("torch"))
+    dialog.accept()
+    assert settings.shifts == 3 and settings.output_dir == tmp_path / "stems"
+    assert settings.output_format().container == "flac"
+    assert settings.output_format().sample_format == "int16" and settings.backend == "torch"
+    fresh = Settings(QSettings(str(tmp_path / "other.ini"), QSettings.Format.IniFormat))
+    assert fresh.output_dir == Path.home() / "Music" / "Demixer" and fresh.shifts == 1
+    assert fresh.model == "htdemucs_6s" and fresh.sample_format == "int24"
+
+
+def test_open_recent_lists_what_was_opened(window, model_repo, song, qtbot) -> None:  # type: ignore[no-untyped-def]
+    [item] = window.open_paths([song])
+    window.recent_menu.aboutToShow.emit()
+    names = [a.text() for a in window.recent_menu.actions() if not a.isSeparator()]
+    assert names == ["song.wav", "Clear Menu"]
+    wait_for(qtbot, item)
+    window.recent_menu.actions()[0].trigger()  # opens it again
+    assert len(window.queue.items) == 2
+    wait_for(qtbot, window.queue.items[1])
+
+
+def test_menus_follow_macos_conventions(window) -> None:  # type: ignore[no-untyped-def]
+    def shortcut(action: QAction) -> str:
+        return action.shortcut().toString(QKeySequence.SequenceFormat.PortableText)
+
+    assert shortcut(window.open_action) == "Ctrl+O"  # Qt shows Ctrl as ⌘ on macOS
+    assert shortcut(window.close_action) == "Ctrl+W"
+    assert shortcut(window.prefs_action) == "Ctrl+,"
+    assert shortcut(window.quit_action) == "Ctrl+Q"
+    assert window.prefs_action.menuRole() == QAction.MenuRole.PreferencesRole
+    assert window.quit_action.menuRole() == QAction.MenuRole.QuitRole
+    assert window.about_action.menuRole() == QAction.MenuRole.AboutRole
+    menus = [a.text() for a in window.menuBar().actions()]
+    assert menus == ["&File", "&Playback", "&View", "&Separation", "&Help"]
+
+
+def test_waveforms_follow_light_and_dark(make_window, qtbot) -> None:  # type: ignore[no-untyped-def]
+    from app.library import Library
+    from tests.app.helpers import make_entry, stems_audio
+
+    window = make_window()
+    window.show_entry(make_entry(Library(), "Song", stems_audio(44100)))
+    wave = window.track_view.waves[0]
+    brightness = []
+    for base in ("#ffffff", "#1e1e1e"):
+        palette = QPalette(window.palette())
+        for role in (QPalette.ColorRole.Base, QPalette.ColorRole.Window):
+            palette.setColor(role, base)
+        wave.setPalette(palette)
+        image = wave.grab().toImage()
+        brightness.append(image.pixelColor(2, 2).lightness())
+    assert brightness[0] > 200 and brightness[1] < 60
+
+
+def test_the_qt_free_modules_do_not_import_qt() -> None:
+    code = ("import sys, app.track, app.peaks, app.mixer, app.library, app.worker; "
+            "assert not [m for m in sys.modules if m.startswith('PySide6')], 'Qt imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+def test_dropped_folders_are_searched_for_audio(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.queue import expand_paths
+
+    album = tmp_path / "Album"
+    (album / "Disc 2").mkdir(parents=True)
+    (album / ".git").mkdir()
+    for name in ("02 b.flac", "01 a.wav", "cover.jpg", "notes.txt", ".hidden.wav",
+                 "Disc 2/03 c.MP3", ".git/x.wav"):
+        (album / name).write_bytes(b"")
+    loose = tmp_path / "loose.txt"  # a file dropped by itself is tried whatever its name
+    found = expand_paths([album, loose])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "Album/01 a.wav", "Album/02 b.flac", "Album/Disc 2/03 c.MP3", "loose.txt"]
+
+
+def test_remove_takes_a_finished_item_off_the_queue(window, model_repo, tmp_path, qtbot) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtCore import Qt
+
+    missing = tmp_path / "gone.wav"
+    [item] = window.open_paths([missing])
+    wait_for(qtbot, item)
+    assert item.state == State.FAILED and "gone.wav" in item.message
+    row = window.queue_view.row_for(item)
+    qtbot.mouseClick(row.remove, Qt.MouseButton.LeftButton)
+    assert window.queue.items == [] and window.queue_view.count() == 0
