@@ -103,19 +103,26 @@ def run_separate(args: argparse.Namespace) -> int:
     except DemixerError as err:
         print(f"demixer: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demixer: cancelled.", file=sys.stderr)
+        return 130
     failed = 0
-    for track in expand_tracks(args.tracks):
-        failed += not _separate_one(track, separator, plan)
+    try:
+        for track in expand_tracks(args.tracks):
+            failed += not _separate_one(track, separator, plan)
+    except KeyboardInterrupt:  # the job was cancelled and cleaned up in _separate_one
+        print("demixer: cancelled; no partial stems were left behind.", file=sys.stderr)
+        return 130
     return 1 if failed else 0
 
 
 def _separate_one(track: Path, separator: Separator, plan: OutputPlan) -> bool:
     bar = _ProgressBar(track) if sys.stderr.isatty() else None
     job = SeparationJob(track, separator, plan=plan, on_event=bar.update if bar else None)
-    thread = job.start()
+    job.start()
     try:
-        while thread.is_alive():
-            thread.join(0.2)
+        while not job.finished.wait(0.2):
+            pass
     except KeyboardInterrupt:  # Ctrl-C: cancel cleanly, leave no half-written stems
         job.cancel()
         job.wait()

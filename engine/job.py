@@ -61,6 +61,9 @@ class SeparationJob:
         self.track: DecodedTrack | None = None
         self.stems: StemBuffers | None = None
         self.result = JobResult(self.path)
+        # NB: waiting uses this event, not Thread.join: a join interrupted by Ctrl-C can make
+        # a later join return while the thread still runs (CPython 3.11).
+        self.finished = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> threading.Thread:
@@ -73,8 +76,9 @@ class SeparationJob:
         self.cancel_event.set()
 
     def wait(self, timeout: float | None = None) -> JobResult:
+        """The result once the job has finished (or after `timeout` seconds)."""
         if self._thread is not None:
-            self._thread.join(timeout)
+            self.finished.wait(timeout)
         return self.result
 
     def run(self) -> JobResult:
@@ -98,6 +102,7 @@ class SeparationJob:
         finally:
             self.result.seconds = time.monotonic() - t0
             self._cleanup()
+            self.finished.set()
         return self.result
 
     def _run(self) -> None:
