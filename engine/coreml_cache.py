@@ -52,7 +52,7 @@ from engine.convert import (
 )
 from engine.download import file_sha256
 from engine.errors import DemixerError
-from engine.store import data_dir
+from engine.store import data_subdir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -65,9 +65,7 @@ MANIFEST_FORMAT = 1
 
 def cache_root() -> Path:
     """`data_dir()/coreml`, created on demand."""
-    root = data_dir() / "coreml"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+    return data_subdir("coreml")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,38 +103,39 @@ class Separator:
     def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
                  cancel: threading.Event | None = None,
                  on_progress: Callable[[Progress], None] | None = None) -> None:
-        """Separate the (C, N) track `audio` (model rate) into `sink`, streaming."""
+        """Separate the (C, N) track `audio` (model rate) into `sink`, streaming.
+
+        Two stages overlap: while the backend computes the next chunk on this thread, one post
+        thread turns the previous chunk's output into final audio (iSTFT, overlap-add, mixing,
+        writing, progress). It takes chunks strictly in order, so the stems are bit for bit
+        those of a sequential run; at most one finished chunk waits for it.
+        """
         passes = self.plan(audio.shape[-1])
-        accs = [PassAccumulator(p, len(self.sources), self.shapes.channels, self.segment,
-                                triangle_weight(self.segment)) for p in passes]
-        combiner = Combiner(passes, self.options.shifts, self.weights, sink,
-                            capacity=self.segment, mean=mean, std=std + 1e-8)
-        total = sum(len(p.chunks) for p in passes)
-        done, t0 = 0, time.monotonic()
+        finisher = _Finisher(self, passes, sink, mean, std, on_progress)
+        cursor = _Cursor(passes)
         scale = (np.float32(mean), np.float32(std + 1e-8))
-        while not all(a.finished for a in accs):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled()
-            backend, batch = self._next_batch(accs)
-            outs = self._run_batch(backend, batch, audio, scale)
-            for chunk, out in zip(batch, outs, strict=True):
-                start, region = accs[chunk.pass_index].add(chunk, out)
-                combiner.add(chunk.pass_index, start, region)
-            sink.ready_frames = combiner.finalize(min(a.frontier for a in accs))
-            done += len(batch)
-            if on_progress is not None:
-                on_progress(Progress(done, total, sink.ready_frames, time.monotonic() - t0))
+        with ThreadPoolExecutor(1, thread_name_prefix="demixer-post") as post:
+            pending: Future[None] | None = None
+            while not cursor.done:
+                _check(cancel)
+                backend, batch = self._next_batch(cursor)
+                raw = self._predict(backend, batch, audio, scale)
+                if pending is not None:
+                    pending.result()  # re-raises a post-stage error here
+                _check(cancel)  # the chunk just finished may have been the one that cancelled
+                pending = post.submit(finisher.finish, batch, raw)
+            if pending is not None:
+                pending.result()
 
-    def _next_batch(self, accs: list[PassAccumulator]) -> tuple[Backend, list[Chunk]]:
+    def _next_batch(self, cursor: _Cursor) -> tuple[Backend, list[Chunk]]:
         """Chunks of the pass furthest behind (keeps passes in step, so buffers stay small)."""
-        lead = min((a for a in accs if not a.finished), key=lambda a: (a.frontier, a.p.index))
-        backend = self.backends[lead.p.member]
-        size = self.options.batch or backend.max_batch
-        return backend, list(lead.p.chunks[lead.next_chunk:lead.next_chunk + size])
+        lead = cursor.lead()
+        backend = self.backends[lead.member]
+        return backend, cursor.take(lead, self.options.batch or backend.max_batch)
 
-    def _run_batch(self, backend: Backend, chunks: list[Chunk], audio: np.ndarray,
-                   scale: tuple[np.float32, np.float32]) -> list[np.ndarray]:
-        """Model outputs (S, C, chunk.length) for each chunk (all of one model)."""
+    def _predict(self, backend: Backend, chunks: list[Chunk], audio: np.ndarray,
+                 scale: tuple[np.float32, np.float32]) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised windows -> STFT -> the backend's raw (spec_out, time_out)."""
         mean, std = scale
         train = self.shapes.segment_samples
         wave = np.zeros((len(chunks), self.shapes.channels, train), np.float32)
@@ -144,7 +146,71 @@ class Separator:
             window[:, inside] = (window[:, inside] - mean) / std
             wave[i, :, :self.segment] = window
         spec = stft.to_cac(stft.spec(wave, self.shapes.nfft, workers=FFT_WORKERS))
-        spec_out, time_out = backend.predict(spec, wave)
-        y = stft.ispec_cac(spec_out, train, workers=FFT_WORKERS)
+        return backend.predict(spec, wave)
+
+    def _to_audio(self, chunks: list[Chunk], raw: tuple[np.ndarray, np.ndarray]
+                  ) -> list[np.ndarray]:
+        """iSTFT + time branch, trimmed: (S, C, chunk.length) for each chunk."""
+        spec_out, time_out = raw
+        y = stft.ispec_cac(spec_out, self.shapes.segment_samples, workers=FFT_WORKERS)
         y = time_out + y
         return [y[i, ..., c.trim:c.trim + c.length] for i, c in enumerate(chunks)]
+
+    def _run_batch(self, backend: Backend, chunks: list[Chunk], audio: np.ndarray,
+                   scale: tuple[np.float32, np.float32]) -> list[np.ndarray]:
+        """Model outputs (S, C, chunk.length) for each chunk (all of one model)."""
+        return self._to_audio(chunks, self._predict(backend, chunks, audio, scale))
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled()
+
+
+class _Cursor:
+    """Which chunks run next: always the pass whose next chunk starts earliest."""
+
+    def __init__(self, passes: Sequence[Pass]) -> None:
+        self.passes = list(passes)
+        self.next = [0] * len(self.passes)
+
+    @property
+    def done(self) -> bool:
+        return all(n == len(p.chunks) for n, p in zip(self.next, self.passes, strict=True))
+
+    def lead(self) -> Pass:
+        live = [p for p in self.passes if self.next[p.index] < len(p.chunks)]
+        return min(live, key=lambda p: (p.chunks[self.next[p.index]].out_start, p.index))
+
+    def take(self, p: Pass, size: int) -> list[Chunk]:
+        k = self.next[p.index]
+        chunks = list(p.chunks[k:k + size])
+        self.next[p.index] += len(chunks)
+        return chunks
+
+
+class _Finisher:
+    """The post stage: overlap-add, mix passes, write final regions, report progress."""
+
+    def __init__(self, sep: Separator, passes: Sequence[Pass], sink: StemBuffers, mean: float,
+                 std: float, on_progress: Callable[[Progress], None] | None) -> None:
+        self.sep = sep
+        self.sink = sink
+        self.accs = [PassAccumulator(p, len(sep.sources), sep.shapes.channels, sep.segment,
+                                     triangle_weight(sep.segment)) for p in passes]
+        self.combiner = Combiner(passes, sep.options.shifts, sep.weights, sink,
+                                 capacity=sep.segment, mean=mean, std=std + 1e-8)
+        self.on_progress = on_progress
+        self.total = sum(len(p.chunks) for p in passes)
+        self.done = 0
+        self.t0 = time.monotonic()
+
+    def finish(self, chunks: list[Chunk], raw: tuple[np.ndarray, np.ndarray]) -> None:
+        for chunk, out in zip(chunks, self.sep._to_audio(chunks, raw), strict=True):
+            start, region = self.accs[chunk.pass_index].add(chunk, out)
+            self.combiner.add(chunk.pass_index, start, region)
+        self.sink.ready_frames = self.combiner.finalize(min(a.frontier for a in self.accs))
+        self.done += len(chunks)
+        if self.on_progress is not None:
+            self.on_progress(Progress(self.done, self.total, self.sink.ready_frames,
+                                      time.monotonic() - self.t0))

@@ -51,11 +51,16 @@ def data_dir() -> Path:
     return path
 
 
-def checkpoints_dir() -> Path:
-    """Where official checkpoints live; also a demucs local repo (we write NAME.yaml there)."""
-    path = data_dir() / "models"
+def data_subdir(name: str) -> Path:
+    """A folder of the per-user data dir (models, coreml, library…), created on demand."""
+    path = data_dir() / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def checkpoints_dir() -> Path:
+    """Where official checkpoints live; also a demucs local repo (we write NAME.yaml there)."""
+    return data_subdir("models")
 
 
 @dataclass(frozen=True)

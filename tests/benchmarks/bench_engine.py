@@ -111,8 +111,9 @@ def _segment_time(sep: object) -> float:
 
 RSS_PROBE = """
 import sys, time
+from pathlib import Path
 sys.path.insert(0, {root!r})
-mode, repo, song = sys.argv[1:4]
+mode, repo, song = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 if mode == "demucs":
     from demucs.api import Separator
     Separator({model!r}, repo=repo, shifts=0, overlap=0.25).separate_audio_file(song)
