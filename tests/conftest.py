@@ -21,6 +21,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_macos)
 
 
+@pytest.fixture(scope="session")
+def qapp_cls() -> type:
+    """pytest-qt makes the one QApplication of the session from this: the app's own subclass,
+    whichever test needs it first (a plain QApplication would fail the app's tests later)."""
+    from app.main import DemixerApplication
+
+    return DemixerApplication
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory,
                    monkeypatch: pytest.MonkeyPatch) -> Path:

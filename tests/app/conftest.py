@@ -1,4 +1,5 @@
-"""GUI test setup: offscreen Qt, the app's QApplication class, isolated settings, helpers."""
+"""GUI test setup: offscreen Qt, isolated settings, helpers (the QApplication class is chosen
+in tests/conftest.py, for every test that makes one)."""
 
 from __future__ import annotations
 
@@ -13,16 +14,9 @@ import pytest  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 
 from app.library import Library  # noqa: E402
-from app.main import DemixerApplication  # noqa: E402
 from app.mainwindow import MainWindow  # noqa: E402
 from app.settings import Settings  # noqa: E402
 from tests.engine.audio_files import sine_mix, write_wav  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def qapp_cls() -> type:
-    """pytest-qt makes the session's QApplication from this: the app's own subclass."""
-    return DemixerApplication
 
 
 @pytest.fixture(autouse=True)
