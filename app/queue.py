@@ -10,7 +10,6 @@ the song's library folder (`app.library`), and kept there when the separation fi
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,11 +21,9 @@ from PySide6.QtCore import QObject, Signal
 from app.library import Library, LibraryEntry
 from app.models import LiveProgress, ModelKey, SeparationService, needs_setup
 from app.track import TrackAudio, make_lanes
+from engine.decode import find_audio_files
 from engine.job import JobEvent
 from engine.stembuffers import StemBuffers
-
-AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".m4a", ".aac", ".mp4", ".ogg", ".oga",
-                  ".opus", ".aif", ".aiff", ".aifc", ".caf", ".wma", ".alac", ".webm", ".mka"}
 
 
 class State(Enum):
@@ -82,21 +79,6 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders walked (sorted) for audio files by extension."""
-    found: list[Path] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                found += [Path(root) / f for f in sorted(files)
-                          if Path(f).suffix.lower() in AUDIO_SUFFIXES and not f.startswith(".")]
-        else:
-            found.append(path)
-    return found
-
-
 class SeparationQueue(QObject):
     added = Signal(object)  # QueueItem
     changed = Signal(object)
@@ -124,7 +106,7 @@ class SeparationQueue(QObject):
     # --- the GUI's actions -----------------------------------------------------------------
 
     def add(self, paths: Iterable[str | Path], key: ModelKey, two_stems: bool) -> list[QueueItem]:
-        items = [QueueItem(path=p, key=key, two_stems=two_stems) for p in expand_paths(paths)]
+        items = [QueueItem(path=p, key=key, two_stems=two_stems) for p in find_audio_files(paths)]
         for item in items:
             self.items.append(item)
             self.added.emit(item)

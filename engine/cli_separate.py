@@ -8,27 +8,18 @@ import threading
 from pathlib import Path
 
 from engine.catalogue import default_model
+from engine.decode import find_audio_files
 from engine.errors import DemixerError
 from engine.job import JobEvent, SeparationJob
 from engine.outputs import OutputPlan, parse_mix
 from engine.separator import SeparationOptions, Separator
 from engine.writers import OutputFormat
 
-AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".ogg", ".oga", ".opus",
-                  ".mp3", ".m4a", ".aac", ".alac", ".mp4", ".wma", ".webm", ".mka", ".caf"}
-
 
 def expand_tracks(paths: list[Path]) -> list[Path]:
-    """Folders become the audio files inside them (sorted); other paths stay as given."""
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-            out.extend(found or [path])  # an empty folder fails later with its own message
-        else:
-            out.append(path)
-    return out
+    """`find_audio_files`, except that a folder with no audio stays in the list, so that it
+    fails with its own one-line message instead of vanishing from the batch."""
+    return [track for path in paths for track in (find_audio_files([path]) or [path])]
 
 
 def options_from(args: argparse.Namespace) -> SeparationOptions:

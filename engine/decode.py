@@ -20,7 +20,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -41,6 +41,32 @@ MINUS_3DB = 0.7071  # ITU-R BS.775 gain of the centre and surround channels in a
 # FFmpeg sample formats (planar 'p' suffix stripped) -> divisor to float in [-1, 1); the same
 # scaling libsndfile uses, so a file reads alike through either library.
 _INT_SCALE = {"s16": 2.0**15, "s32": 2.0**31, "s64": 2.0**63}
+
+
+# What a dropped folder or `demixer separate FOLDER` picks up: libsndfile's and FFmpeg's
+# usual audio containers. A file given by name is always tried, whatever its extension.
+AUDIO_SUFFIXES = frozenset({
+    ".wav", ".wave", ".flac", ".aif", ".aiff", ".aifc", ".ogg", ".oga", ".opus", ".mp3",
+    ".m4a", ".aac", ".alac", ".mp4", ".wma", ".webm", ".mka", ".caf"})
+
+
+def find_audio_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders walked (sorted) for audio files by extension.
+
+    Hidden files and folders are skipped: macOS leaves `._song.mp3` AppleDouble files on
+    non-Apple disks, which are not audio.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.is_dir():
+            found.append(path)
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += [Path(root) / f for f in sorted(files)
+                      if Path(f).suffix.lower() in AUDIO_SUFFIXES and not f.startswith(".")]
+    return found
 
 
 @dataclass

@@ -154,7 +154,7 @@ def test_info_plist_declares_audio_documents_and_retina() -> None:
 
 
 def test_document_extensions_are_the_ones_the_cli_accepts() -> None:
-    from engine.cli_separate import AUDIO_SUFFIXES
+    from engine.decode import AUDIO_SUFFIXES
 
     assert {f".{e}" for e in cfg.EXTENSIONS} <= AUDIO_SUFFIXES
 

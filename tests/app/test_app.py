@@ -137,21 +137,6 @@ def test_the_qt_free_modules_do_not_import_qt() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
 
 
-def test_dropped_folders_are_searched_for_audio(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from app.queue import expand_paths
-
-    album = tmp_path / "Album"
-    (album / "Disc 2").mkdir(parents=True)
-    (album / ".git").mkdir()
-    for name in ("02 b.flac", "01 a.wav", "cover.jpg", "notes.txt", ".hidden.wav",
-                 "Disc 2/03 c.MP3", ".git/x.wav"):
-        (album / name).write_bytes(b"")
-    loose = tmp_path / "loose.txt"  # a file dropped by itself is tried whatever its name
-    found = expand_paths([album, loose])
-    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
-        "Album/01 a.wav", "Album/02 b.flac", "Album/Disc 2/03 c.MP3", "loose.txt"]
-
-
 def test_remove_takes_a_finished_item_off_the_queue(window, model_repo, tmp_path, qtbot) -> None:  # type: ignore[no-untyped-def]
     from PySide6.QtCore import Qt
 

@@ -203,3 +203,16 @@ def test_ctrl_c_cancels_cleanly(tiny_repo: Path, tmp_path: Path) -> None:
     assert err.strip().splitlines() == ["demixer: cancelled; no partial stems were left behind."]
     assert not out.exists() or not any(p.is_file() for p in out.rglob("*"))
     assert list(tmp.iterdir()) == []
+
+
+def test_folders_skip_apple_double_files_and_an_empty_folder_fails_alone(
+        tiny_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    album, empty = tmp_path / "album", tmp_path / "empty"
+    album.mkdir()
+    empty.mkdir()
+    write_wav(album / "song.wav", sine_mix(1.0, 44100), 44100)
+    (album / "._song.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    assert _run(tiny_repo, tmp_path / "out", album, empty) == 1
+    assert sorted(p.stem for p in (tmp_path / "out/htdemucs_6s/song").iterdir()) == sorted(STEMS)
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert str(empty) in line  # the AppleDouble file was never tried

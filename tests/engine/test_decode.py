@@ -13,7 +13,7 @@ import soundfile as sf
 import soxr
 import torch
 
-from engine.decode import DecodedTrack, decode, probe, to_stereo
+from engine.decode import DecodedTrack, decode, find_audio_files, probe, to_stereo
 from engine.errors import AudioDecodeError, Cancelled
 from tests.engine.audio_files import (
     sine_mix,
@@ -378,3 +378,16 @@ def test_memory_does_not_grow_with_length(tmp_path: Path, workdir: Path) -> None
     frames, growth = map(int, out.stdout.split())
     assert frames == 180 * RATE
     assert growth < 25 * 2**20, f"peak RSS grew by {growth / 2**20:.1f} MB"
+
+
+def test_dropped_folders_are_searched_for_audio(tmp_path: Path) -> None:
+    album = tmp_path / "Album"
+    (album / "Disc 2").mkdir(parents=True)
+    (album / ".git").mkdir()
+    for name in ("02 b.flac", "01 a.wav", "cover.jpg", "notes.txt", ".hidden.wav",
+                 "Disc 2/03 c.MP3", ".git/x.wav"):
+        (album / name).write_bytes(b"")
+    loose = tmp_path / "loose.txt"  # a file dropped by itself is tried whatever its name
+    found = find_audio_files([album, loose])
+    assert [p.relative_to(tmp_path).as_posix() for p in found] == [
+        "Album/01 a.wav", "Album/02 b.flac", "Album/Disc 2/03 c.MP3", "loose.txt"]
