@@ -92,13 +92,9 @@ class SeparationJob:
             self._discard_stems()
             self.on_event(JobEvent("cancelled", message=f"{self.path.name}: cancelled"))
         except DemixerError as err:
-            self.result.error = str(err)
-            self._discard_stems()
-            self.on_event(JobEvent("failed", message=str(err)))
+            self._fail(str(err))
         except MemoryError:
-            self.result.error = f"{self.path}: not enough memory to separate this file."
-            self._discard_stems()
-            self.on_event(JobEvent("failed", message=self.result.error))
+            self._fail(f"{self.path}: not enough memory to separate this file.")
         finally:
             self.result.seconds = time.monotonic() - t0
             self._cleanup()
@@ -138,6 +134,11 @@ class SeparationJob:
         self.on_event(JobEvent("progress", stage="separating", fraction=p.fraction,
                                eta_s=p.eta_s, ready_frames=p.ready_frames))
         self.on_event(JobEvent("ready", stage="separating", ready_frames=p.ready_frames))
+
+    def _fail(self, message: str) -> None:
+        self.result.error = message
+        self._discard_stems()
+        self.on_event(JobEvent("failed", message=message))
 
     def _discard_stems(self) -> None:
         if self.stems is not None:
