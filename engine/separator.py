@@ -108,7 +108,9 @@ class Separator:
         Two stages overlap: while the backend computes the next chunk on this thread, one post
         thread turns the previous chunk's output into final audio (iSTFT, overlap-add, mixing,
         writing, progress). It takes chunks strictly in order, so the stems are bit for bit
-        those of a sequential run; at most one finished chunk waits for it.
+        those of a sequential run; at most one finished chunk waits for it. Until the first
+        region is final, though, latency beats throughput: the listener is waiting for it, so
+        its post stage runs alone instead of sharing the CPU with the next network call.
         """
         passes = self.plan(audio.shape[-1])
         finisher = _Finisher(self, passes, sink, mean, std, on_progress)
@@ -123,7 +125,11 @@ class Separator:
                 if pending is not None:
                     pending.result()  # re-raises a post-stage error here
                 _check(cancel)  # the chunk just finished may have been the one that cancelled
-                pending = post.submit(finisher.finish, batch, raw)
+                if sink.ready_frames == 0:
+                    finisher.finish(batch, raw)
+                    pending = None
+                else:
+                    pending = post.submit(finisher.finish, batch, raw)
             if pending is not None:
                 pending.result()
 

@@ -145,3 +145,28 @@ def test_cancel_during_writing_removes_the_stems_already_written(tiny_repo: Path
     result = job.run()
     assert flag.is_set() and result.cancelled
     assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
+
+
+@pytest.mark.parametrize("shifts", [0, 2])
+def test_first_region_is_finished_before_the_next_network_call(tiny_repo: Path,
+                                                               tmp_path: Path,
+                                                               shifts: int) -> None:
+    """Latency first: the listener waits for the first region, so nothing competes with it."""
+    sep = _separator(tiny_repo, "htdemucs_6s", shifts=shifts, seed=1)
+    order: list[str] = []
+    backend = sep.backends[0]
+    predict = backend.predict
+
+    def recording_predict(spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order.append("predict")
+        return predict(spec, wave)
+
+    backend.predict = recording_predict  # type: ignore[method-assign]
+    audio = np.zeros((2, 1_000_000), np.float32)
+    sink = StemBuffers(tmp_path / "s", sep.sources, 2, audio.shape[1], 44100)
+    sep.separate(audio, 0.0, 0.0, sink,
+                 on_progress=lambda p: order.append("ready" if p.ready_frames else "pending"))
+    passes = len(sep.plan(audio.shape[1]))  # every pass's first chunk is needed
+    first_ready = order.index("ready")
+    assert order[:first_ready].count("predict") == passes
+    assert order[first_ready + 1] == "predict"
