@@ -125,9 +125,8 @@ class Separator:
                 if pending is not None:
                     pending.result()  # re-raises a post-stage error here
                 _check(cancel)  # the chunk just finished may have been the one that cancelled
-                if sink.ready_frames == 0:
+                if sink.ready_frames == 0:  # nothing is pending yet: all chunks so far ran here
                     finisher.finish(batch, raw)
-                    pending = None
                 else:
                     pending = post.submit(finisher.finish, batch, raw)
             if pending is not None:
