@@ -29,6 +29,11 @@ class Backend(Protocol):
     shapes: CoreShapes
     max_batch: int  # chunks per predict call that pay off on this backend
 
+    @property
+    def host_bound(self) -> bool:
+        """True if predict computes on this machine's CPU cores (so nothing should overlap it)."""
+        ...
+
     def predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
@@ -61,6 +66,10 @@ class TorchBackend:
         self.calls = 0
         if precision != "fp32":
             self.name = f"torch-{precision}"
+
+    @property
+    def host_bound(self) -> bool:
+        return self.device.type == "cpu"
 
     def predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         # The MHA "fast path" computes self-attention with a materialised (F*T)^2 matrix; off,

@@ -98,6 +98,11 @@ class CoreMLBackend:
         self._proven = False  # True once a prediction has succeeded
         self._lock = threading.Lock()  # NB: one prediction at a time per loaded model
 
+    @property
+    def host_bound(self) -> bool:
+        # the ANE and the GPU leave the CPU cores free for the post stage; cpu_only does not
+        return self.compute_units == "cpu_only"
+
     def _load_any(self, units: str) -> Any:
         """The compiled model if there is one, else the package (it compiles on load)."""
         if self.compiled_path is not None:

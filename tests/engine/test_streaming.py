@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 from demucs.pretrained import get_model
 
-from engine.backends import TorchBackend
+from engine.backends import Backend, TorchBackend
 from engine.chunking import triangle_weight
 from engine.job import JobEvent, SeparationJob
 from engine.outputs import OutputPlan
@@ -170,3 +170,40 @@ def test_first_region_is_finished_before_the_next_network_call(tiny_repo: Path,
     first_ready = order.index("ready")
     assert order[:first_ready].count("predict") == passes
     assert order[first_ready + 1] == "predict"
+
+
+class _OffHost:
+    """The same network, declared to compute off the CPU (as CoreML on the ANE does)."""
+
+    host_bound = False
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner, self.name = inner, "off-host"
+        self.shapes, self.max_batch = inner.shapes, inner.max_batch
+
+    def predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.inner.predict(spec, wave)
+
+
+def test_post_stage_overlaps_only_a_network_that_leaves_the_cpu_free(tiny_repo: Path,
+                                                                     tmp_path: Path) -> None:
+    """On the CPU the post stage takes turns with torch; beside the ANE it runs alongside."""
+    rng = np.random.default_rng(5)
+    audio = (0.2 * rng.standard_normal((2, 900_000))).astype(np.float32)
+    stems, threads = [], []
+    for off_host in (False, True):
+        sep = _separator(tiny_repo, "htdemucs_6s", shifts=0)
+        if off_host:
+            sep.backends = [_OffHost(b) for b in sep.backends]
+        sink = StemBuffers(tmp_path / f"s{off_host}", sep.sources, 2, audio.shape[1], 44100)
+        names: list[str] = []
+        sep.separate(audio, 0.0, 1.0, sink,
+                     on_progress=lambda p, names=names: names.append(  # type: ignore[misc]
+                         threading.current_thread().name))
+        threads.append(names)
+        stems.append(np.stack([sink.read(i, 0, audio.shape[1]) for i in range(6)]))
+    here = threading.current_thread().name
+    assert len(threads[0]) >= 4 and set(threads[0]) == {here}
+    assert threads[1][0] == here  # the first region: latency first, on this thread
+    assert all(n.startswith("demixer-post") for n in threads[1][1:])
+    assert np.array_equal(stems[0], stems[1])
