@@ -8,7 +8,7 @@ ceiling (32 MB) and turning trimming off keeps every block up to 32 MB on the he
 chunk: one real-architecture segment then takes 2.31-2.47 s instead of 2.55-2.84 s.
 
 A heap that never trims can creep, though: holes left between blocks of different lifetimes
-(the network thread, the post thread, the writer) are not always reusable, and one 20-minute
+(the network, the post stage, the writer) are not always reusable, and one 20-minute
 run grew 211 MB above a 1-minute run. So the backend gives freed pages back every
 `RELEASE_EVERY` network calls (`release_freed`): the next call pays the page faults once, and
 the growth stays bounded by what a few chunks can leave behind.
