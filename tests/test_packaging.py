@@ -53,7 +53,10 @@ class Recorder:
     def __init__(self, kind: str, *args: Any, **kwargs: Any) -> None:
         self.kind, self.args, self.kwargs = kind, args, kwargs
         Recorder.calls[kind] = self
-        self.pure, self.scripts, self.binaries, self.datas = [], [], [], []
+        self.pure: list[Any] = []
+        self.scripts: list[Any] = []
+        self.binaries: list[Any] = []
+        self.datas: list[Any] = []
 
 
 def run_spec(platform: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, Recorder]:
@@ -228,7 +231,11 @@ def test_entry_sends_everything_else_to_the_cli(monkeypatch: pytest.MonkeyPatch)
     import engine.cli
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(engine.cli, "main", lambda argv: seen.append(argv) or 3)
+    def cli_main(argv: list[str]) -> int:
+        seen.append(argv)
+        return 3
+
+    monkeypatch.setattr(engine.cli, "main", cli_main)
     assert entry.main(["separate", "song.wav"]) == 3
     assert entry.main([]) == 3
     assert seen == [["separate", "song.wav"], []]
@@ -362,7 +369,11 @@ def test_self_test_main_exits_1_on_any_failure_and_cleans_up(
 
     def checks(ctx: Context) -> list[selftest.Check]:
         workdirs.append(ctx.workdir)
-        return [("fine", lambda: "yes"), ("broken", lambda: selftest.expect(False, "no"))]
+        def broken() -> str:
+            selftest.expect(False, "no")
+            return "unreachable"
+
+        return [("fine", lambda: "yes"), ("broken", broken)]
 
     monkeypatch.setattr(selftest, "engine_checks", checks)
     lines: list[str] = []

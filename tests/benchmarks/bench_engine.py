@@ -80,9 +80,9 @@ def run_mode(repo: Path, song: Path, mode: str) -> dict:
     from engine.separator import SeparationOptions
 
     backend, precision, _ = MODES[mode]
-    extra = {"compute_units": "cpu_and_gpu"} if mode == "coreml-gpu" else {}
+    units = "cpu_and_gpu" if mode == "coreml-gpu" else "all"
     sep = build_separator(MODEL, repo=repo, backend=backend, options=SeparationOptions(
-        shifts=0, overlap=0.25), precision=precision, **extra)
+        shifts=0, overlap=0.25), precision=precision, compute_units=units)
     first: list[float] = []
     t0 = time.perf_counter()
 
@@ -212,7 +212,7 @@ def run_one(mode: str, repo: str, song: str) -> int:
         result = run_mode(Path(repo), Path(song), mode)
         stems = result.pop("stems")
     out = Path(song).with_name(f"stems-{mode}.npz")
-    np.savez(out, **stems)
+    np.savez(out, **stems)  # type: ignore[arg-type]  # numpy's stub types **kwds badly
     print("RESULT " + json.dumps({**result, "stems": str(out)}))
     return 0
 

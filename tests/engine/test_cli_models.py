@@ -134,7 +134,11 @@ def test_clear_in_a_terminal_asks_first(converted_home: Path, monkeypatch: pytes
 
     questions: list[str] = []
     monkeypatch.setattr(sys, "stdin", Terminal())
-    monkeypatch.setattr("builtins.input", lambda q: questions.append(q) or "n")
+    def answer_no(question: str) -> str:
+        questions.append(question)
+        return "n"
+
+    monkeypatch.setattr("builtins.input", answer_no)
     assert main(["models", "clear"]) == 0
     assert converted_home.exists()
     assert re.match(r"Remove 1 converted package\(s\) \(\d", questions[0])

@@ -12,6 +12,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +73,8 @@ def fake_coreml(monkeypatch: pytest.MonkeyPatch, tiny_package: CachedPackage
     signature = io_signature(load_spec(tiny_package.package))
     sources = signature["spec_out"][0][1]
 
-    def install(fail_load: set[str] = frozenset(), fail_predict: set[str] = frozenset(),
+    def install(fail_load: AbstractSet[str] = frozenset(),
+                fail_predict: AbstractSet[str] = frozenset(),
                 fail_suffix: str | None = None) -> list[tuple[str, str]]:
         loads: list[tuple[str, str]] = []
 

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -44,7 +45,7 @@ class Boom(Exception):
     """Raised by a `load` that must not be reached, or that stands for a conversion."""
 
 
-def _boom() -> None:
+def _boom() -> NoReturn:
     raise Boom()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -46,9 +47,9 @@ def _whole_song(sep: Separator, audio: np.ndarray, mean: float, std: float) -> n
             out[..., a:a + chunk.length] += weight[:chunk.length] * y
             total[a:a + chunk.length] += weight[:chunk.length]
         per_pass.append((p.member, out[..., o:o + N] / total[o:o + N]))
-    estimate: np.ndarray | float = 0.0
+    estimate: Any = 0.0  # an array once the first member is added
     for member, w in enumerate(sep.weights.astype(np.float32)):
-        acc: np.ndarray | float = 0.0
+        acc: Any = 0.0
         for m, x in per_pass:
             if m == member:
                 acc = acc + x
