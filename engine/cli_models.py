@@ -130,7 +130,9 @@ def stage_printer() -> Callable[[ConvertProgress], None]:
     return show
 
 
-def _download_printer() -> Callable[[Any], None] | None:
+def download_printer() -> Callable[[Any], None] | None:
+    """Download progress as tqdm bars on stderr, one per file; None when it is not a terminal.
+    (Also for `demixer separate`, whose first run of a model downloads it.)"""
     if not sys.stderr.isatty():
         return None
     from tqdm import tqdm
@@ -149,7 +151,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from engine.store import resolve_model
 
     options = ConvertOptions(precision=args.precision, compress=args.compress, batch=args.batch)
-    resolved = resolve_model(args.name, args.repo, progress=_download_printer())
+    resolved = resolve_model(args.name, args.repo, progress=download_printer())
     packages = ensure_model_packages(resolved, options, progress=stage_printer())
     for index, package in enumerate(packages):
         member = f" model {index + 1}/{len(packages)}" if len(packages) > 1 else ""

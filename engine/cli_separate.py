@@ -46,31 +46,16 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
     from engine.backends import resolve_backend_kind
+    from engine.cli_models import download_printer, stage_printer
     from engine.pipeline import build_separator
 
     convert_progress = None
     if resolve_backend_kind(args.backend) == "coreml":  # the first run converts: show it
-        from engine.cli_models import stage_printer
-
         convert_progress = stage_printer()
     return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
-                           options=options, progress=_download_printer(),
+                           options=options, progress=download_printer(),
                            precision=args.precision, compute_units=args.compute_units,
                            convert_progress=convert_progress)
-
-
-def _download_printer():  # type: ignore[no-untyped-def]
-    if not sys.stderr.isatty():
-        return None
-    from tqdm import tqdm
-
-    bars: dict[str, tqdm] = {}
-
-    def show(p) -> None:  # type: ignore[no-untyped-def]
-        bar = bars.get(p.file) or bars.setdefault(
-            p.file, tqdm(total=p.total, unit="B", unit_scale=True, desc=f"Downloading {p.file}"))
-        bar.update(p.done - bar.n)
-    return show
 
 
 def run_separate(args: argparse.Namespace) -> int:
