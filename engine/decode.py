@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -136,7 +137,8 @@ def probe(path: Path) -> tuple[int, int, int | None]:
     path = Path(path)
     _check_path(path)
     try:
-        info = sf.info(str(path))
+        with _native_stderr_silenced():
+            info = sf.info(str(path))
         return info.samplerate, info.channels, info.frames
     except sf.SoundFileError:
         pass  # not for libsndfile: ask FFmpeg
@@ -190,8 +192,40 @@ def to_stereo(block: np.ndarray) -> np.ndarray:
 @contextmanager
 def _soundfile_source(path: Path) -> Iterator[_Source]:
     """libsndfile reader; raises sf.SoundFileError (open or mid-stream) to hand over to FFmpeg."""
-    with sf.SoundFile(str(path)) as f:
+    with _native_stderr_silenced():
+        f = sf.SoundFile(str(path))
+    with f:
         yield _Source(f.samplerate, f.channels, f.frames, _soundfile_blocks(f))
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 on /dev/null while libsndfile opens a file.
+
+    Its MP3 decoder (mpg123) prints "Note: Illegal Audio-MPEG-Header ..." straight to fd 2
+    while it sniffs a file that is not MP3, ahead of the one sentence the user should get.
+    Only the open is covered: fd 2 is process-wide, so the window stays short, and a lock
+    keeps two threads from saving each other's /dev/null as the "real" stderr.
+    """
+    with _STDERR_LOCK:
+        if sys.stderr is not None:  # None in a windowed .app
+            sys.stderr.flush()  # what Python already wrote still goes out
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 at all: nothing to protect
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+
+
+_STDERR_LOCK = threading.Lock()
 
 
 def _soundfile_blocks(f: sf.SoundFile) -> Iterator[np.ndarray]:

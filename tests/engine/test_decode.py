@@ -391,3 +391,30 @@ def test_dropped_folders_are_searched_for_audio(tmp_path: Path) -> None:
     found = find_audio_files([album, loose])
     assert [p.relative_to(tmp_path).as_posix() for p in found] == [
         "Album/01 a.wav", "Album/02 b.flac", "Album/Disc 2/03 c.MP3", "loose.txt"]
+
+
+_QUIET = """
+import sys
+from pathlib import Path
+from engine.decode import decode, probe
+from engine.errors import AudioDecodeError
+for call in (lambda p: probe(p), lambda p: decode(p, 44100, Path(sys.argv[2]))):
+    try:
+        call(Path(sys.argv[1]))
+    except AudioDecodeError as err:
+        print(err, file=sys.stderr)
+print("stderr still works", file=sys.stderr)
+"""
+
+
+def test_a_fake_mp3_gives_our_sentence_and_no_decoder_chatter(tmp_path: Path,
+                                                              workdir: Path) -> None:
+    """libsndfile's MP3 decoder writes "Note: Illegal Audio-MPEG-Header ..." straight to fd 2
+    while it sniffs a file that is not MP3; the user should see only Demixer's sentence."""
+    fake = write_text(tmp_path / "fake.mp3", "garbage\n")
+    out = subprocess.run([sys.executable, "-c", _QUIET, str(fake), str(workdir)], cwd=REPO,
+                         capture_output=True, text=True, timeout=60, check=True)
+    lines = out.stderr.splitlines()
+    assert len(lines) == 3 and "Note:" not in out.stderr, out.stderr
+    assert all(str(fake) in line and "is not an audio file" in line for line in lines[:2])
+    assert lines[2] == "stderr still works"
