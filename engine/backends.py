@@ -4,7 +4,8 @@ A backend sees only real float32 arrays (see `engine.core` for the layout):
     predict(spec (B, 2C, F, T), wave (B, C, L))
         -> (spec_out (B, S, 2C, F, T), time_out (B, S, C, L))
 One backend serves one model (a bag gets one backend per member). `TorchBackend` runs anywhere
-(cpu, cuda, mps); `engine.coreml_backend.CoreMLBackend` runs the converted core on macOS.
+(cpu, cuda, mps); `engine.coreml_backend.CoreMLBackend` runs the converted core on macOS;
+`engine.mlx_backend.MLXBackend` runs an MLX port of the core (Apple GPU, or MLX's CPU build).
 """
 
 from __future__ import annotations
@@ -115,12 +116,38 @@ def coreml_supported() -> bool:
     return major >= 13
 
 
+BACKEND_KINDS = ("auto", "torch", "coreml", "mlx")
+
+
 def resolve_backend_kind(kind: str) -> str:
-    """'auto' -> 'coreml' on macOS 13+, 'torch' elsewhere; validates explicit choices."""
+    """'auto' -> 'coreml' on macOS 13+, 'torch' elsewhere; validates explicit choices
+    ('mlx' needs MLX installed and working: `engine.mlx_backend.mlx_available`)."""
     if kind == "auto":
         return "coreml" if coreml_supported() else "torch"
     if kind == "coreml" and not coreml_supported():
         raise DemixerError("CoreML needs macOS 13 or later; use --backend torch")
-    if kind not in ("torch", "coreml"):
-        raise DemixerError(f"Unknown backend '{kind}'; use auto, torch or coreml.")
+    if kind == "mlx":
+        from engine.mlx_backend import NOT_INSTALLED, mlx_available
+
+        if not mlx_available():
+            raise DemixerError(NOT_INSTALLED)
+    if kind not in BACKEND_KINDS:
+        raise DemixerError(f"Unknown backend '{kind}'; use {', '.join(BACKEND_KINDS)}.")
     return kind
+
+
+def check_precision(kind: str, precision: str | None) -> None:
+    """A precision the resolved backend `kind` does not have is a usage error (None: its
+    default)."""
+    if precision is None:
+        return
+    allowed: tuple[str, ...]
+    if kind == "mlx":
+        from engine.mlx_backend import MLX_PRECISIONS as allowed
+    elif kind == "coreml":
+        from engine.convert import PRECISIONS as allowed
+    else:
+        allowed = PRECISIONS
+    if precision not in allowed:
+        raise DemixerError(f"The {kind} backend has no precision '{precision}'; "
+                           f"use {', '.join(allowed)}.")

@@ -27,12 +27,15 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filename", default="{track}/{stem}.{ext}",
                    help="output name template: {track} {trackext} {stem} {ext}")
     p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml", "mlx"),
+                   help="where the network runs: auto, torch, coreml (macOS 13+), "
+                        "mlx (Apple GPU; MLX's CPU build elsewhere)")
     p.add_argument("--compute-units", default="all", choices=("all", "cpu_and_gpu", "cpu_only"),
                    help="CoreML compute units (all = Neural Engine when possible)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "mixed", "fp16"),
                    help="torch: fp32 (exact, default) or bf16 (fast); "
-                        "CoreML: mixed (default), fp16 or fp32")
+                        "CoreML: mixed (default), fp16 or fp32; "
+                        "MLX: fp32 (default), mixed (fp16 attention) or fp16")
     p.add_argument("--shifts", type=int, default=1, help="random shift passes (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shift offsets")
     p.add_argument("--shift-offsets", default=None,

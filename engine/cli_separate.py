@@ -50,7 +50,7 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
     from engine.pipeline import build_separator
 
     convert_progress = None
-    if resolve_backend_kind(args.backend) == "coreml":  # the first run converts: show it
+    if resolve_backend_kind(args.backend) in ("coreml", "mlx"):  # the first run converts
         convert_progress = stage_printer()
     return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
                            options=options, progress=download_printer(),
@@ -61,11 +61,12 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
 def run_separate(args: argparse.Namespace) -> int:
     name = args.name or default_model()
     try:
-        from engine.backends import check_device, resolve_backend_kind
+        from engine.backends import check_device, check_precision, resolve_backend_kind
 
         options, plan = options_from(args), plan_from(args, name)
-        resolve_backend_kind(args.backend)
-        if args.backend != "coreml":
+        kind = resolve_backend_kind(args.backend)
+        check_precision(kind, args.precision)
+        if kind == "torch":
             check_device(args.device)
     except DemixerError as err:
         print(f"demixer: {err}", file=sys.stderr)

@@ -17,10 +17,16 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
                   precision: str | None = None, *, compute_units: str = "all",
                   convert_progress: Callable[[Any], None] | None = None,
                   cancel: threading.Event | None = None) -> list[Backend]:
-    """One backend per bag member. `kind` is 'auto', 'torch' or 'coreml'; `precision` None is
-    each backend's default (torch: exact fp32; CoreML: mixed). The first CoreML run converts
-    the core (`convert_progress` gets its stages), later runs load the cached package."""
+    """One backend per bag member. `kind` is 'auto', 'torch', 'coreml' or 'mlx'; `precision`
+    None is each backend's default (torch and MLX: exact fp32; CoreML: mixed). The first
+    CoreML or MLX run converts the core (`convert_progress` gets its stages), later runs load
+    the cache. For MLX `bag` may be None: the checkpoints are loaded only to convert."""
     kind = resolve_backend_kind(kind)
+    if kind == "mlx":
+        from engine.mlx_backend import mlx_backends_for
+
+        return list(mlx_backends_for(bag, resolved, precision=precision or "fp32",
+                                     progress=convert_progress, cancel=cancel))
     if kind == "coreml":  # pragma: no cover - macOS only
         from engine.convert import ConvertOptions
         from engine.coreml_backend import coreml_backends_for
@@ -45,10 +51,20 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
 
     `progress` gets download progress, `convert_progress` CoreML conversion stages; `cancel`
     stops either. Raises `DemixerError`s with one sentence for the user."""
-    resolve_backend_kind(backend)  # a wrong backend is reported before any download
+    kind = resolve_backend_kind(backend)  # a wrong backend is reported before any download
     resolved = resolve_model(name, repo, download=download, progress=progress, cancel=cancel)
-    bag: Any = load_model(resolved)
-    backends = make_backends(bag, resolved, backend, device, precision,
+    # MLX loads its cached weights: the checkpoints are unpickled only for a conversion
+    bag: Any = None if kind == "mlx" else load_model(resolved)
+    backends = make_backends(bag, resolved, kind, device, precision,
                              compute_units=compute_units, convert_progress=convert_progress,
                              cancel=cancel)
-    return Separator(bag.weights, backends, options)
+    weights = bag.weights if bag is not None else bag_weights(resolved, backends)
+    return Separator(weights, backends, options)
+
+
+def bag_weights(resolved: ResolvedModel, backends: list[Backend]) -> list[list[float]]:
+    """The bag's weights (member x source) as demucs's BagOfModels sets them: all ones
+    unless the bag's file gives them."""
+    if resolved.weights is not None:
+        return [list(map(float, row)) for row in resolved.weights]
+    return [[1.0] * len(b.shapes.sources) for b in backends]
