@@ -190,6 +190,14 @@ def mlx_backends_for(bag: Any, resolved: ResolvedModel, *, precision: str = "fp3
         message = f"model {index + 1}/{count}: converting {resolved.name} for MLX"
         on_convert = functools.partial(_progress_event, progress, index, count, message)
         cached = ensure_core(sha, functools.partial(member, index), on_convert=on_convert)
-        backends.append(MLXBackend(cached.spec, cached.load(), precision=precision,
-                                   segment=resolved.segment))
+        backends.append(_backend_from(cached, precision, resolved.segment))
     return backends
+
+
+def _backend_from(cached: Any, precision: str, segment: float | None) -> MLXBackend:
+    try:
+        return MLXBackend(cached.spec, cached.load(), precision=precision, segment=segment)
+    except ValueError as exc:  # names or shapes of another version's network: never guess
+        reason = str(exc).splitlines()[0]
+        raise DemixerError(f"The MLX weights {cached.weights} do not fit this version of "
+                           f"Demixer ({reason}); delete the file and run again.") from exc

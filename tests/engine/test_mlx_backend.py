@@ -220,6 +220,22 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_repo: Path, monkeypatch: pytest.M
         np.testing.assert_array_equal(a, b)
 
 
+def test_weights_that_do_not_fit_the_network_are_one_sentence(tiny_repo: Path) -> None:
+    """A manifest whose architecture no longer matches its weights (edited, or written by
+    another version) is refused with the file's name, not a traceback."""
+    import json
+
+    resolved = resolve_model("htdemucs_6s", tiny_repo)
+    mlx_backends_for(None, resolved)
+    manifest = mlx_cache.cache_root() / f"{mlx_cache.entry_stem(resolved.sha256[0])}.json"
+    data = json.loads(manifest.read_text())
+    data["spec"]["bottom_channels"] = 16
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(DemixerError, match=r"The MLX weights .*safetensors do not fit") as err:
+        mlx_backends_for(None, resolved)
+    assert "\n" not in str(err.value)
+
+
 # --- reduced precisions ----------------------------------------------------------------------
 
 
