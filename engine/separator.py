@@ -11,14 +11,17 @@ Normalisation is demucs's (`demucs.api.Separator.separate_tensor`): the model se
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
 from engine import stft
 from engine.backends import Backend
@@ -72,6 +75,30 @@ class Separator:
         self.max_shift = int(0.5 * self.shapes.samplerate)
         if options.shifts < 0 or not 0 <= options.overlap < 1:
             raise DemixerError("--shifts must be >= 0 and --overlap between 0 and 1.")
+        self.model_id: str | None = None  # engine.pipeline: the name and checkpoint SHA-256s
+        self._weights_digest: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the stems' bits besides the input and the options: the model and how
+        each member runs. A resumed run must match it, or it would not be bit-identical."""
+        return {"model": self.model_id or self._model_digest(),
+                "bag_weights": self.weights.tolist(), "segment": self.segment,
+                "backends": [_backend_identity(b) for b in self.backends]}
+
+    def _model_digest(self) -> str:
+        """SHA-256 of the members' parameters (for separators not built from checkpoints)."""
+        if self._weights_digest is None:
+            sha = hashlib.sha256()
+            for backend in self.backends:
+                core = getattr(backend, "core", None)
+                if not isinstance(core, torch.nn.Module):
+                    sha.update(f"{type(backend).__name__}@{id(backend)}".encode())
+                    continue
+                for name, tensor in core.state_dict().items():
+                    sha.update(name.encode())
+                    sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_digest = sha.hexdigest()
+        return self._weights_digest
 
     @property
     def sources(self) -> list[str]:
@@ -210,6 +237,14 @@ class Separator:
                    scale: tuple[np.float32, np.float32]) -> list[np.ndarray]:
         """Model outputs (S, C, chunk.length) for each chunk (all of one model)."""
         return self._to_audio(chunks, self._predict(backend, chunks, audio, scale))
+
+
+def _backend_identity(backend: Backend) -> dict[str, Any]:
+    """A backend's settings that change its arithmetic (torch's thread count can change the
+    order of its sums)."""
+    return {"name": backend.name, "precision": getattr(backend, "precision", None),
+            "device": str(getattr(backend, "device", "")), "batch": backend.max_batch,
+            "threads": torch.get_num_threads() if backend.host_bound else None}
 
 
 def _check(cancel: threading.Event | None) -> None:
