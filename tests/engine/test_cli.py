@@ -191,3 +191,22 @@ def test_folders_skip_apple_double_files_and_an_empty_folder_fails_alone(
     assert sorted(p.stem for p in (tmp_path / "out/htdemucs_6s/song").iterdir()) == sorted(STEMS)
     [line] = capsys.readouterr().err.strip().splitlines()
     assert str(empty) in line  # the AppleDouble file was never tried
+
+
+def test_two_inputs_with_one_name_get_their_own_folders(tiny_repo: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """`a/song.wav b/song.flac`: never one output folder for both (data loss 2)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_wav(tmp_path / "a/song.wav", sine_mix(1.0, 44100, seed=1), 44100)
+    second = write_soundfile(tmp_path / "b/song.flac", sine_mix(1.0, 44100, seed=2), 44100)
+    out = tmp_path / "out"
+    for extra in ((), ("--overwrite",)):  # the rerun replaces each folder by its own input
+        assert _run(tiny_repo, out, first, second, extra=extra) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"demixer: {second} has the same name as {first}: its stems go to "
+                       "'song (2)'."]
+        one = sf.read(out / "htdemucs_6s/song/vocals.wav")[0]
+        two = sf.read(out / "htdemucs_6s/song (2)/vocals.wav")[0]
+        assert one.shape == two.shape and not np.array_equal(one, two)
