@@ -39,6 +39,7 @@ from engine.partial import FolderLock, digest, inspect, new_workdir, source_iden
 from engine.resample import resampled_length
 from engine.separator import Progress, Separator
 from engine.stembuffers import StemBuffers, read_index
+from engine.writers import io_reason
 
 RECORD_VERSION = 1
 
@@ -138,6 +139,8 @@ class SeparationJob:
             self._fail(str(err))
         except MemoryError:
             self._fail(f"{self.path}: not enough memory to separate this file.")
+        except OSError as err:  # the stems' or the decoded track's disk: full, gone, read-only
+            self._fail(self._disk_message(err))
         except Exception as err:  # a bug or a library's surprise: logged, one line
             self._fail(unexpected_message(str(self.path), err))
         finally:
@@ -227,6 +230,12 @@ class SeparationJob:
         self.on_event(JobEvent("progress", stage="separating", fraction=p.fraction,
                                eta_s=p.eta_s, ready_frames=p.ready_frames))
         self.on_event(JobEvent("ready", stage="separating", ready_frames=p.ready_frames))
+
+    def _disk_message(self, err: OSError) -> str:
+        folder = Path(err.filename).parent if err.filename else (
+            self.stems_dir or self.workdir or Path("."))
+        return (f"{self.path}: cannot be separated, because {folder} cannot be written "
+                f"({io_reason(err, folder / '_')}).")
 
     def _fail(self, message: str) -> None:
         self.result.error = message

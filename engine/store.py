@@ -41,21 +41,43 @@ _ORIGIN_WORDS = {"repo": "given with --repo", "env": f"set in {ENV_MODEL_REPO}"}
 
 
 def data_dir() -> Path:
-    """The per-user data folder ($DEMIXER_HOME, else the platform's), created on demand."""
+    """The per-user data folder ($DEMIXER_HOME, else the platform's), created on demand.
+
+    Raises DemixerError (one sentence) if it cannot be made or written to: a file in its
+    place, a read-only disk, no permission."""
     home = os.environ.get(ENV_HOME)
     if home:
         path = Path(home).expanduser()
     else:
         path = Path(platformdirs.user_data_dir("Demixer", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _usable_folder(path, path)
 
 
 def data_subdir(name: str) -> Path:
     """A folder of the per-user data dir (models, coreml, library…), created on demand."""
-    path = data_dir() / name
-    path.mkdir(parents=True, exist_ok=True)
+    return _usable_folder(data_dir() / name, data_dir())
+
+
+def _usable_folder(path: Path, home: Path) -> Path:
+    hint = f"set {ENV_HOME} to a writable folder" if os.environ.get(ENV_HOME) else (
+        f"make it writable or set {ENV_HOME} to a writable folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DemixerError(f"The data folder {home} cannot be used: {path} is a file, not a "
+                           f"folder; {hint}.") from None
+    except OSError as err:
+        raise DemixerError(f"The data folder {home} cannot be used ({_os_reason(err)}); "
+                           f"{hint}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DemixerError(f"The data folder {home} cannot be written to ({path} is "
+                           f"read-only); {hint}.")
     return path
+
+
+def _os_reason(err: OSError) -> str:
+    reason = err.strerror or str(err)
+    return reason[0].lower() + reason[1:] if reason else type(err).__name__
 
 
 def checkpoints_dir() -> Path:

@@ -180,3 +180,23 @@ def test_one_run_folder_per_process(tmp_path: Path) -> None:
     finally:
         run.close(remove=True)
     assert not run.folder.exists()
+
+
+def test_a_full_disk_while_separating_is_one_sentence(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from the stems' pwrite used to escape the job thread (a traceback, then
+    "demixer: cancelled", sometimes an abort)."""
+    import errno
+
+    song = _song(tmp_path, 3.0)
+    folder = tmp_path / "entry"
+
+    def full(self: StemBuffers, start: int, block: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StemBuffers, "write", full)
+    job = SeparationJob(song, fake_separator(1, 0), stems_dir=folder)
+    result = job.run()
+    assert result.error == (f"{song}: cannot be separated, because {folder} cannot be "
+                            "written (the disk is full).")
+    assert not folder.exists()  # nothing was finished, so nothing is kept

@@ -303,3 +303,24 @@ def test_model_status(six: dict[str, Path], server: FileServer,
     resolve_model(SIX)
     after = model_status(SIX)
     assert after.complete and after.checkpoints[0].bytes_on_disk == official.stat().st_size
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+@pytest.mark.parametrize("command", [["separate", "song.wav", "--backend", "torch"],
+                                     ["models", "list"], ["doctor"]])
+def test_an_unusable_data_folder_is_one_sentence(where: str, command: list[str],
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where the data folder should be")
+    home = blocker if where == "file" else blocker / "sub"
+    monkeypatch.setenv("DEMIXER_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith(f"demixer: The data folder {home} cannot be ")
+    assert line.endswith("set DEMIXER_HOME to a writable folder.")
