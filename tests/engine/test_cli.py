@@ -210,3 +210,11 @@ def test_two_inputs_with_one_name_get_their_own_folders(tiny_repo: Path, tmp_pat
         one = sf.read(out / "htdemucs_6s/song/vocals.wav")[0]
         two = sf.read(out / "htdemucs_6s/song (2)/vocals.wav")[0]
         assert one.shape == two.shape and not np.array_equal(one, two)
+
+
+def test_control_characters_in_names_are_escaped(tiny_repo: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_text(tmp_path / "evil\nname\x1b[31m.wav")
+    assert _run(tiny_repo, tmp_path / "out", src) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "evil\\nname\\x1b[31m.wav" in line and "\x1b" not in line
