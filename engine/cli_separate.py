@@ -12,6 +12,7 @@ said in one line.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
@@ -282,8 +283,12 @@ class _ProgressBar:
     def __init__(self, track: Path) -> None:
         from tqdm import tqdm
 
+        # NB: a terminal that reports a size of 0 x 0 (a pty under `script`, some IDE
+        # consoles) made tqdm draw nothing: a bar on row 0 of 0 rows counts as off-screen.
+        # shutil falls back to 80 x 24 there.
+        size = shutil.get_terminal_size((80, 24))
         self.bar = tqdm(total=100, desc=printable(track.name), unit="%", leave=False,
-                        file=sys.stderr, mininterval=0.0, dynamic_ncols=True,
+                        file=sys.stderr, mininterval=0.0, ncols=size.columns, nrows=size.lines,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
         self.lock = threading.Lock()
 

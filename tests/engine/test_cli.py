@@ -218,3 +218,34 @@ def test_control_characters_in_names_are_escaped(tiny_repo: Path, tmp_path: Path
     assert _run(tiny_repo, tmp_path / "out", src) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "evil\\nname\\x1b[31m.wav" in line and "\x1b" not in line
+
+
+def test_a_progress_bar_on_a_terminal(tiny_repo: Path, tmp_path: Path) -> None:
+    """Under a pseudo-terminal that reports a size of 0 x 0 (as `script` does), the bar
+    used to be invisible."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    src = write_wav(tmp_path / "song.wav", sine_mix(12.0, 44100), 44100)
+    parent, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "separate", str(src), "--repo", str(tiny_repo),
+         "-o", str(tmp_path / "out"), "--backend", "torch", "--shifts", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            data = os.read(parent, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        seen += data
+    assert proc.wait(timeout=300) == 0
+    os.close(parent)
+    text = seen.decode("utf-8", "replace")
+    assert "song.wav:" in text and "%|" in text and "separating" in text, text[:500]
