@@ -7,10 +7,13 @@
   3. `checkpoints_dir()` in the per-user data dir, with the catalogue's file names;
   4. a download from the catalogue URL (`$DEMIXER_DOWNLOAD_ROOT` replaces the root, for
      mirrors and tests) into `checkpoints_dir()`.
-Every file is hashed before `torch.load` may unpickle it (a checkpoint is a pickle: it runs
-code). Local-repo files are checked as demucs does (the `-xxxxxxxx` in the name is the start of
-the SHA-256); official files against the catalogue's full SHA-256 (its 8-hex prefix where no
-full digest is published). `load_model` turns a `ResolvedModel` into a demucs `BagOfModels`.
+Every file is hashed before it is unpickled, and unpickled with `torch.load(weights_only=True)`
+and an allow-list of the demucs classes (`load_package`): a checkpoint is a pickle, and an
+unrestricted one runs whatever code it names. Local-repo files are checked as demucs does
+(the `-xxxxxxxx` in the name is the start of the SHA-256; a name without one is unverified);
+official files against the catalogue's full SHA-256 (its 8-hex prefix where no full digest is
+published, as for htdemucs_ft's members). `load_model` turns a `ResolvedModel` into a
+demucs `BagOfModels`.
 """
 
 from __future__ import annotations
@@ -287,18 +290,20 @@ def load_model(resolved: ResolvedModel) -> torch.nn.Module:
     """A demucs `BagOfModels` (even for one checkpoint) in eval mode, on the CPU.
 
     Each file is re-checked against `resolved.sha256` first (memoised, so nearly free): a file
-    swapped since `resolve_model` is refused before `torch.load` unpickles it.
+    swapped since `resolve_model` is refused before it is read. Then it is unpickled with
+    `torch.load(weights_only=True)` (`load_package`): nothing in it can run code.
     """
     from demucs.apply import BagOfModels
-    from demucs.states import load_model as load_checkpoint
+    from demucs.states import load_model as build_model
 
     models = []
     for path, digest in zip(resolved.checkpoints, resolved.sha256, strict=True):
         if file_sha256(path) != digest:
             raise ChecksumError(f"Checkpoint {path.name} in {path.parent} changed after it was "
                                 f"verified; run again to check it afresh.")
+        package = load_package(path)
         try:
-            models.append(load_checkpoint(path))
+            models.append(build_model(package))
         except Exception as exc:  # a verified file that is not a demucs package
             raise DemixerError(f"Checkpoint {path.name} in {path.parent} is not a demucs "
                                f"model ({type(exc).__name__}: {exc}).") from exc
@@ -309,6 +314,56 @@ def load_model(resolved: ResolvedModel) -> torch.nn.Module:
                            f"(different sources or sample rates, or weights of the wrong "
                            f"size).") from exc
     return bag.eval()
+
+
+def safe_checkpoint_globals() -> list[Any]:
+    """What a demucs checkpoint may name besides tensors and plain data: the model classes
+    (its 'klass') and Fraction (the 'segment' kwarg). Nothing else is ever called."""
+    from fractions import Fraction
+
+    from demucs.demucs import Demucs
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+
+    return [HTDemucs, HDemucs, Demucs, Fraction]
+
+
+def load_package(path: Path) -> dict[str, Any]:
+    """Unpickle a demucs checkpoint with `weights_only=True` and the allow-list above.
+
+    A checkpoint is a pickle, and a pickle can run any code while it loads: a file named
+    `htdemucs.th` in a local repo could do anything. The restricted unpickler only rebuilds
+    tensors, plain containers and the allowed classes; anything else is refused, unrun."""
+    import pickle
+
+    import torch
+
+    allowed = safe_checkpoint_globals()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            package = torch.load(path, "cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = _unsafe_globals(path)
+        raise DemixerError(f"Checkpoint {path.name} in {path.parent} was not loaded: it asks "
+                           f"to run code ({names}), which a demucs model never needs; use a "
+                           f"checkpoint made by demucs.") from None
+    except Exception as exc:  # not a torch file at all, truncated, ...
+        raise DemixerError(f"Checkpoint {path.name} in {path.parent} cannot be read "
+                           f"({type(exc).__name__}: {exc}).") from None
+    if not isinstance(package, dict) or package.get("klass") not in allowed[:3]:
+        raise DemixerError(f"Checkpoint {path.name} in {path.parent} is not a demucs model "
+                           f"(no model class in it).")
+    return package
+
+
+def _unsafe_globals(path: Path) -> str:
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only for the message
+        names = []
+    return ", ".join(names[:3]) or "unknown objects"
 
 
 # --- status, for `demixer models list` ---------------------------------------------------

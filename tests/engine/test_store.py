@@ -324,3 +324,60 @@ def test_an_unusable_data_folder_is_one_sentence(where: str, command: list[str],
     [line] = captured.err.strip().splitlines()
     assert line.startswith(f"demixer: The data folder {home} cannot be ")
     assert line.endswith("set DEMIXER_HOME to a writable folder.")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates `marker` (the attack a checkpoint could carry)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("how", ["repo", "env"])
+def test_a_malicious_checkpoint_runs_nothing(how: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from engine.cli import main
+
+    repo, marker = tmp_path / "repo", tmp_path / "pwned"
+    repo.mkdir()
+    evil = repo / "htdemucs.th"
+    torch.save({"klass": _Payload(marker), "args": (), "kwargs": {}, "state": {}}, evil)
+    torch.load(evil, weights_only=False)  # the payload is live: an unrestricted load runs it
+    assert marker.exists()
+    marker.unlink()
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros((44100, 2), np.float32), 44100)
+    args = ["separate", str(song), "-n", "htdemucs", "-o", str(tmp_path / "out"),
+            "--backend", "torch"]
+    if how == "repo":
+        args += ["--repo", str(repo)]
+    else:
+        monkeypatch.setenv("DEMIXER_MODEL_REPO", str(repo))
+    assert main(args) == 1
+    assert not marker.exists()
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"demixer: Checkpoint htdemucs.th in {repo} was not loaded: it asks "
+                           "to run code (")
+
+
+def test_checkpoints_load_with_weights_only(tiny_repo: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every load goes through torch.load(weights_only=True); demucs's own loader (which
+    passes weights_only=False) is never asked to read a file."""
+    calls: list[object] = []
+    real_load = torch.load
+
+    def load(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", load)
+    bag = store.load_model(store.resolve_model("htdemucs_ft", tiny_repo))
+    assert len(bag.models) == 4 and calls == [True] * 4
