@@ -171,6 +171,36 @@ def _repo_checkpoint(found: dict[str, list[Path]], signature: str, name: str,
     return files[0]
 
 
+def local_repo_files(name: str, folder: Path) -> list[Path] | None:
+    """The checkpoint files of model `name` in a local repo, from names alone (no hashing,
+    no reading): None if the folder does not hold it completely."""
+    try:
+        found = _scan_repo(folder)
+        if name in found:
+            return found[name] if len(found[name]) == 1 else None
+        bag_file = folder / f"{name}.yaml"
+        if not bag_file.is_file():
+            return None
+        signatures, _, _ = _read_bag(bag_file)
+    except (OSError, DemixerError):
+        return None
+    files = [found.get(s, []) for s in signatures]
+    return [f[0] for f in files] if all(len(f) == 1 for f in files) else None
+
+
+def env_repo() -> Path | None:
+    """The folder $DEMIXER_MODEL_REPO names, if set."""
+    value = os.environ.get(ENV_MODEL_REPO)
+    return Path(value).expanduser() if value else None
+
+
+def download_model(name: str, progress: Callable[[DownloadProgress], None] | None = None,
+                   cancel: threading.Event | None = None) -> ResolvedModel:
+    """Download (or verify, if present) catalogue model `name` into the data folder,
+    whatever local repo is configured (`demixer models download`)."""
+    return _resolve_official(get_entry(name), True, progress, cancel)
+
+
 def _verify_local(path: Path) -> str:
     """The file's SHA-256, after checking it against the hex prefix in its name, if any."""
     digest = file_sha256(path)

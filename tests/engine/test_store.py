@@ -381,3 +381,49 @@ def test_checkpoints_load_with_weights_only(tiny_repo: Path,
     monkeypatch.setattr(torch, "load", load)
     bag = store.load_model(store.resolve_model("htdemucs_ft", tiny_repo))
     assert len(bag.models) == 4 and calls == [True] * 4
+
+
+def test_models_download_and_list(six: dict[str, Path], server: FileServer,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    official = _checkpoints(six["data"], SIX)[0]
+    _patch_catalogue(monkeypatch, server, SIX, [official])
+    monkeypatch.setenv("DEMIXER_MODEL_REPO", str(six["env"]))  # download ignores it
+    assert main(["models", "download", SIX]) == 0
+    assert main(["models", "download", SIX]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{SIX}: downloaded, verified, in {checkpoints_dir()}",
+                   f"{SIX}: already there, verified, in {checkpoints_dir()}"]
+    assert len(server.requests) == 1
+    assert main(["models", "download", "htdemucs_9s"]) == 1
+    assert capsys.readouterr().err.strip().startswith("demixer: Unknown model 'htdemucs_9s'")
+
+
+def test_models_list_shows_a_model_from_the_env_repo(six: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["models", "list"]) == 0
+    before = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith(SIX))
+    assert " no " in f" {before} "
+    monkeypatch.setenv("DEMIXER_MODEL_REPO", str(six["env"]))
+    assert main(["models", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(SIX))
+    assert "yes (from $DEMIXER_MODEL_REPO)" in row
+
+
+def test_verify_says_plainly_what_it_could_not_check(six: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(_checkpoints(six["repo"], SIX)[0], repo / f"{SIX}.th")  # no hash in the name
+    assert main(["models", "verify", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert (f"{SIX}: {SIX}.th: UNVERIFIED: a local file whose name carries no hash "
+            "(custom weights)") in out
