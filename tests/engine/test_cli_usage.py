@@ -131,3 +131,18 @@ def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
     assert exc.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "--shifts" in line and "invalid int value" in line
+
+
+def test_an_unexpected_error_outside_a_job_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]
+                                                       ) -> None:
+    from engine import cli_models
+
+    def broken(args: object) -> int:
+        raise RuntimeError("torch said no")
+
+    monkeypatch.setattr(cli_models, "run_list", broken)
+    assert main(["models", "list"]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("demixer models: failed unexpectedly (RuntimeError: torch said "
+                           "no); the details are in ") and line.endswith("demixer.log.")

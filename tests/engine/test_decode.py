@@ -246,6 +246,11 @@ def test_probe(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- bad input -------------
 
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
 def _assert_one_sentence(err: AudioDecodeError, path: Path, *reasons: str) -> None:
     message = str(err)
     assert message.startswith(f"{path}: ") and message.endswith(".")
@@ -255,7 +260,7 @@ def _assert_one_sentence(err: AudioDecodeError, path: Path, *reasons: str) -> No
 
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda d: d / "missing.wav", "does not exist"),
-    (lambda d: os.mkfifo(d / "pipe.wav") or d / "pipe.wav", "is not a regular file"),
+    (lambda d: _fifo(d / "pipe.wav"), "is not a regular file"),
     (lambda d: Path("/dev/urandom"), "is not a regular file"),
     (lambda d: (d / "folder.wav").mkdir() or d / "folder.wav", "is a folder"),
     (lambda d: (d / "empty.wav").touch() or d / "empty.wav", "is empty (0 bytes)"),

@@ -379,7 +379,7 @@ def test_checkpoints_load_with_weights_only(tiny_repo: Path,
         return real_load(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(torch, "load", load)
-    bag = store.load_model(store.resolve_model("htdemucs_ft", tiny_repo))
+    bag: Any = store.load_model(store.resolve_model("htdemucs_ft", tiny_repo))
     assert len(bag.models) == 4 and calls == [True] * 4
 
 
