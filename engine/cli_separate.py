@@ -136,19 +136,20 @@ def _run_batch(args: argparse.Namespace, name: str, options: SeparationOptions,
         import torch
 
         torch.set_num_threads(args.jobs)
+    tracks = expand_tracks(args.tracks)
     try:
         clean_stale()
         separator = _load(args, name, options)
         check_after_load(plan, separator)
+        names = _output_names(tracks, plan, separator)
     except UsageError as err:
         _err(str(err))
         return 2
     except DemixerError as err:
         _err(str(err))
         return 1
-    tracks = expand_tracks(args.tracks)
     failed = 0
-    for track, track_name in zip(tracks, _output_names(tracks, plan, separator), strict=True):
+    for track, track_name in zip(tracks, names, strict=True):
         ok = _separate_one(track, separator, plan, track_name)
         if ok is None:
             return SIGINT_EXIT
