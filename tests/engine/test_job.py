@@ -200,3 +200,18 @@ def test_a_full_disk_while_separating_is_one_sentence(tmp_path: Path,
     assert result.error == (f"{song}: cannot be separated, because {folder} cannot be "
                             "written (the disk is full).")
     assert not folder.exists()  # nothing was finished, so nothing is kept
+
+
+def test_a_failure_never_removes_stems_it_did_not_make(tmp_path: Path) -> None:
+    """A folder given to a job that fails before it starts separating (here: the input is
+    not audio) keeps what was in it, e.g. finished stems of an earlier version."""
+    folder = tmp_path / "entry"
+    old = StemBuffers(folder, ["drums"], 2, 10, 44100)
+    old.save_index(complete=True)
+    old.close()
+    before = sorted(p.name for p in folder.iterdir())
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    result = SeparationJob(bad, fake_separator(1, 0), stems_dir=folder).run()
+    assert result.error is not None and str(bad) in result.error
+    assert sorted(p.name for p in folder.iterdir()) == before
