@@ -228,12 +228,21 @@ def _wait(job: SeparationJob) -> JobResult | None:
             pass
     except KeyboardInterrupt:  # stop between chunks, keep what is finished
         job.cancel()
-        while not job.finished.wait(0.2):
-            pass
-        thread.join()
+        _join(job, thread)
         return None
-    thread.join()  # NB: never leave it running into interpreter shutdown
+    _join(job, thread)  # NB: never leave it running into interpreter shutdown
     return job.result
+
+
+def _join(job: SeparationJob, thread: threading.Thread) -> None:
+    """Wait for the job's thread to end; a second Ctrl-C does not cut the wait short (the
+    job is stopping already, and its checkpoint must be written)."""
+    while thread.is_alive():
+        try:
+            job.finished.wait(0.2)
+            thread.join(0.2)
+        except KeyboardInterrupt:
+            job.cancel()
 
 
 def _report_interrupt(track: Path, result: JobResult) -> None:
