@@ -237,10 +237,16 @@ def _wait(job: SeparationJob) -> JobResult | None:
 def _join(job: SeparationJob, thread: threading.Thread) -> None:
     """Wait for the job's thread to end; a second Ctrl-C does not cut the wait short (the
     job is stopping already, and its checkpoint must be written)."""
-    while thread.is_alive():
+    while True:  # NB: the event first: a join cut short by Ctrl-C can go wrong (job.py)
         try:
-            job.finished.wait(0.2)
-            thread.join(0.2)
+            if job.finished.wait(0.2):
+                break
+        except KeyboardInterrupt:
+            job.cancel()
+    while True:  # the thread is past its last line: this join is short
+        try:
+            thread.join()
+            return
         except KeyboardInterrupt:
             job.cancel()
 
