@@ -59,7 +59,9 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
                              compute_units=compute_units, convert_progress=convert_progress,
                              cancel=cancel)
     weights = bag.weights if bag is not None else bag_weights(resolved, backends)
-    return Separator(weights, backends, options)
+    separator = Separator(weights, backends, options)
+    separator.model_id = f"{resolved.name}:{','.join(resolved.sha256)}"  # resume's identity
+    return separator
 
 
 def bag_weights(resolved: ResolvedModel, backends: list[Backend]) -> list[list[float]]:
