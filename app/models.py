@@ -104,11 +104,13 @@ class SeparationService(QObject):
     # --- jobs ----------------------------------------------------------------------------
 
     def separate(self, job_id: int, path: Path, key: ModelKey, stems_dir: Path,
-                 mix_dir: Path) -> LiveProgress:
+                 mix_dir: Path, resume: bool = False) -> LiveProgress:
+        """Start a job; `resume` continues the checkpointed stems in `stems_dir`."""
         live = LiveProgress()
         with self._lock:
             self._live[job_id] = live
-        self.client.send(("separate", job_id, str(path), key, str(stems_dir), str(mix_dir)))
+        self.client.send(("separate", job_id, str(path), key, str(stems_dir), str(mix_dir),
+                          resume))
         self._loaded = key  # the worker loads it for the job if it had another
         return live
 

@@ -98,7 +98,8 @@ class _Child:
         else:
             self.send(("model", "loaded", key, None))
 
-    def separate(self, job_id: int, path: str, key: Any, stems_dir: str, mix_dir: str) -> None:
+    def separate(self, job_id: int, path: str, key: Any, stems_dir: str, mix_dir: str,
+                 resume: bool = False) -> None:
         from engine.errors import DemixerError
         from engine.job import JobEvent, SeparationJob
 
@@ -108,12 +109,22 @@ class _Child:
             self.send(("event", job_id, JobEvent("failed", message=str(err))))
             return
         job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir))
-        job.on_event = lambda event: self.on_event(job, job_id, Path(mix_dir), event)
+        ended: list[str] = []
+
+        def on_event(event: Any) -> None:
+            if event.kind in ("done", "failed", "cancelled"):
+                ended.append(event.kind)
+            self.on_event(job, job_id, key.name, Path(mix_dir), event)
+
+        job.on_event = on_event
         thread = job.start()
         while thread.is_alive():
             if self.conn.poll(POLL_S):
                 self.during_job(self.conn.recv(), job, job_id)
         thread.join()
+        if not ended:  # the job died of an error it does not name: never leave it running
+            why = f"{Path(path).name}: the separation stopped on an unexpected error."
+            self.send(("event", job_id, JobEvent("failed", message=why)))
 
     def during_job(self, message: Message, job: Any, job_id: int) -> None:
         if message[0] == "cancel":
@@ -125,21 +136,23 @@ class _Child:
         else:
             self.pending.append(message)
 
-    def on_event(self, job: Any, job_id: int, mix_dir: Path, event: Any) -> None:
+    def on_event(self, job: Any, job_id: int, model: str, mix_dir: Path, event: Any) -> None:
         """On the job's thread: keep the original mix once decoded, then report."""
         if event.kind == "stage" and event.stage == "separating":
-            self.send(("track", job_id, keep_mix(job, mix_dir)))
+            self.send(("track", job_id, keep_mix(job, model, mix_dir)))
         self.send(("event", job_id, event))
 
 
-def keep_mix(job: Any, mix_dir: Path) -> dict[str, Any]:
+def keep_mix(job: Any, model: str, mix_dir: Path) -> dict[str, Any]:
     """Copy the decoded original into `mix_dir`; what the GUI needs to open the stems."""
     from app.library import copy_mix
     from engine.errors import DemixerError
 
     track = job.track
+    about = dict(source=str(job.path), model=model, source_rate=track.source_rate,
+                 source_frames=track.source_frames)
     try:
-        copy_mix(track.audio, mix_dir, track.samplerate)
+        copy_mix(track.audio, mix_dir, track.samplerate, about)
     except OSError as err:  # raised into the job: it fails with this sentence
         raise DemixerError(f"Cannot keep the original mix of {job.path.name} in {mix_dir} "
                            f"({err.strerror or err}).") from None

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QTimer
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QFileOpenEvent, QKeySequence, QPalette, QStandardItemModel
 from PySide6.QtWidgets import QApplication
 
@@ -15,9 +15,12 @@ from app.preferences import PreferencesDialog
 from app.queue import State
 from app.settings import Settings
 from tests.app.gui import wait_for
+from tests.engine.audio_files import sine_mix, write_wav
 
 
-def test_run_app_opens_the_window_with_the_files_queued(model_repo, song, qtbot) -> None:  # type: ignore[no-untyped-def]
+def test_run_app_opens_the_window_with_the_files_queued(model_repo, song, asked,  # type: ignore[no-untyped-def]
+                                                        qtbot) -> None:
+    asked.answers["Quit Demixer?"] = "Quit"  # it is separating when the window closes
     app = QApplication.instance()
     assert isinstance(app, DemixerApplication)
     seen: list[tuple[Path, State]] = []
@@ -95,9 +98,37 @@ def test_open_recent_lists_what_was_opened(window, model_repo, song, qtbot) -> N
     names = [a.text() for a in window.recent_menu.actions() if not a.isSeparator()]
     assert names == ["song.wav", "Clear Menu"]
     wait_for(qtbot, item)
-    window.recent_menu.actions()[0].trigger()  # opens it again
+    window.recent_menu.actions()[0].trigger()  # opens it again: from the library now
+    assert len(window.queue.items) == 1 and window.shown_entry is not None
+    assert window.shown_entry.folder == item.entry.folder
+
+
+def test_a_song_already_separated_opens_from_the_library(window, model_repo, song, qtbot,  # type: ignore[no-untyped-def]
+                                                         monkeypatch) -> None:
+    """A relative path (a command line's) is kept absolute, with the file's size and mtime:
+    the same unchanged file opens its separation; "Separate Again" still can; a changed
+    file separates anew."""
+    monkeypatch.chdir(song.parent)
+    [item] = window.open_paths(["song.wav"])
+    assert item.path == song
+    wait_for(qtbot, item)
+    assert item.state == State.DONE and item.entry is not None
+    first = item.entry.folder
+    window.show_track(None)
+    assert window.open_paths(["song.wav"]) == [] and len(window.queue.items) == 1
+    assert window.shown_entry is not None and window.shown_entry.folder == first
+    box = window.again_box
+    assert box.isVisible() and "already in the library" in box.text()
+    again = next(b for b in box.buttons() if b.text() == "Separate Again")
+    qtbot.mouseClick(again, Qt.MouseButton.LeftButton)
     assert len(window.queue.items) == 2
     wait_for(qtbot, window.queue.items[1])
+    assert window.queue.items[1].state == State.DONE
+    qtbot.waitUntil(lambda: [e.folder for e in window.library.entries()] == [
+        window.queue.items[1].entry.folder], timeout=5000)  # the new one replaced the old
+    write_wav(song, sine_mix(3.0, 44100, amplitude=0.3), 44100)  # changed: another song
+    assert len(window.open_paths([song])) == 1
+    wait_for(qtbot, window.queue.items[2])
 
 
 def test_menus_follow_macos_conventions(window) -> None:  # type: ignore[no-untyped-def]

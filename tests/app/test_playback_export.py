@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QMessageBox
 import app.mainwindow
 from app.export import ExportDialog
 from app.library import Library
+from app.reveal import reveal_title
 from app.track import slider_gain
 from tests.app.helpers import RATE, make_entry, stems_audio
 
@@ -147,7 +148,7 @@ def test_export_the_current_mix_equals_what_is_heard(shown, stems, tmp_path, mon
     revealed: list[Path] = []
     monkeypatch.setattr(app.mainwindow, "reveal", revealed.append)
     box = next(b for b in window.findChildren(QMessageBox) if b.isVisible())
-    reveal_button = next(b for b in box.buttons() if b.text() == "Reveal in Finder")
+    reveal_button = next(b for b in box.buttons() if b.text() == reveal_title())
     qtbot.mouseClick(reveal_button, Qt.MouseButton.LeftButton)
     assert revealed == [path]
 
