@@ -16,8 +16,8 @@ import pytest
 from PySide6.QtCore import QDir
 
 from app.filelock import held_elsewhere
-from app.library import Library
 from app.instance import LOCK_NAME, server_name
+from app.library import Library
 
 ROOT = Path(__file__).resolve().parents[2]
 START_S = 90  # a cold start on a busy 2-core machine: Python, Qt, the window
