@@ -36,7 +36,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.audio_output import AudioOutput
-from app.export import ExportDialog, Exporter
+from app.export import ExportDialog, Exporter, ExportFile, keep_both
 from app.firstrun import ModelDialog
 from app.icons import transport_icon
 from app.library import Damaged, Library, LibraryEntry, complete_newest_first
@@ -56,6 +56,7 @@ from engine.decode import find_audio_files
 
 if TYPE_CHECKING:
     from engine.convert import ConvertProgress
+    from engine.writers import OutputFormat
 
 TICK_MS = 33  # the GUI's poll of the mixer, the peaks and the ready mark (~30 Hz)
 # NB: the GIL. Every Python slot or paintEvent override must take the GIL back from the
@@ -274,7 +275,7 @@ class MainWindow(QMainWindow):
             lambda: setattr(self.settings, "model", self.model_box.currentData()))
         self.two_stems_box.toggled.connect(lambda on: setattr(self.settings, "two_stems", on))
         self.exporter.finished.connect(self._on_exported)
-        self.exporter.failed.connect(lambda msg: self.statusBar().showMessage(msg, 10000))
+        self.exporter.failed.connect(self._on_export_failed)
         self.exporter.progress.connect(lambda n, total: self.statusBar().showMessage(
             f"Exporting {n + 1} of {total}…"))
         QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _: self.update())
@@ -386,16 +387,21 @@ class MainWindow(QMainWindow):
     # --- showing a song ------------------------------------------------------------------------
 
     def show_item(self, item: QueueItem) -> None:
+        """Show a queue item's stems (growing or done); the highlight stays on the song
+        shown when there is nothing to show yet (queued, failed)."""
         if item is self.shown_item and self.track is not None:
+            self.queue_view.select(item)
             return
         try:
             track = self.queue.track_for(item)
         except (OSError, ValueError) as err:
             self.statusBar().showMessage(f"{item.path.name} cannot be shown ({err}).", 8000)
-            return
+            track = None
         if track is not None:
             entry = item.entry if item.state == State.DONE else None
             self.show_track(track, item=item, entry=entry)
+        else:
+            self.queue_view.select(self.shown_item if self.track is not None else None)
 
     def show_entry(self, entry: LibraryEntry) -> None:
         if entry is self.shown_entry or (self.shown_entry is not None
@@ -413,6 +419,8 @@ class MainWindow(QMainWindow):
                    entry: LibraryEntry | None = None) -> None:
         self._unload()
         self.track, self.shown_item, self.shown_entry = track, item, entry
+        self.queue_view.select(item if track is not None else None)
+        self.library_view.select(entry if track is not None and item is None else None)
         if track is None:
             self.track_view.set_track(None)
             self.stack.setCurrentWidget(self.drop_hint)
@@ -548,18 +556,47 @@ class MainWindow(QMainWindow):
             return
         self.start_export(entry, dialog.files(), dialog.fmt())
 
-    def start_export(self, entry: LibraryEntry, files: list, fmt: object) -> None:
+    def start_export(self, entry: LibraryEntry, files: list[ExportFile],
+                     fmt: OutputFormat) -> None:
         if not files:
             self.statusBar().showMessage("Nothing to export: every lane is silent.", 6000)
             return
-        self.exporter.start(entry.open_track(), files, fmt)  # type: ignore[arg-type]
+        chosen = self.existing_files_answer(files)
+        if chosen is None:
+            return
+        files, overwrite = chosen
+        self.exporter.start(entry.open_track(), files, fmt, overwrite)
         self._update_transport()
+
+    def existing_files_answer(self, files: list[ExportFile]
+                              ) -> tuple[list[ExportFile], bool] | None:
+        """Files that exist already are replaced, or kept beside numbered new ones, as the
+        person answers; None for Cancel. (files to write, whether to replace)"""
+        existing = [f.path for f in files if f.path.exists()]
+        if not existing:
+            return files, False
+        names = ", ".join(f"“{p.name}”" for p in existing[:4]) + (
+            f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        first = keep_both([f for f in files if f.path == existing[0]])[0].path.name
+        answer = self.ask("Replace existing files?",
+                          f"{names} already {'exists' if len(existing) == 1 else 'exist'} in "
+                          f"{existing[0].parent}. Replace, or keep both (the new files get a "
+                          f"number, e.g. “{first}”)?", ["Replace", "Keep Both", "Cancel"],
+                          default="Keep Both")
+        if answer == "Replace":
+            return files, True
+        if answer == "Keep Both":
+            return keep_both(files), False
+        return None
 
     def _on_exported(self, paths: list[Path]) -> None:
         self._update_transport()
         self.last_export = paths
         if not paths:
+            self.statusBar().clearMessage()
             return
+        self.statusBar().showMessage(f"Exported {len(paths)} file(s) to {paths[0].parent}.",
+                                     8000)
         box = QMessageBox(self)
         box.setWindowTitle("Export finished")
         box.setText(f"Exported {len(paths)} file(s) to {paths[0].parent}.")
@@ -568,6 +605,10 @@ class MainWindow(QMainWindow):
         box.finished.connect(lambda _: self.reveal(paths[0]) if box.clickedButton() is show
                              else None)
         box.open()
+
+    def _on_export_failed(self, message: str) -> None:
+        self._update_transport()
+        self.statusBar().showMessage(message, 10000)
 
     def reveal(self, path: Path) -> None:
         """Show `path` in the file manager, or say in the status bar why it cannot."""
@@ -583,6 +624,8 @@ class MainWindow(QMainWindow):
     def refresh_library(self) -> None:
         entries, damaged = self.library.listing()
         self.library_view.set_entries(complete_newest_first(entries), damaged)
+        if self.shown_item is None:
+            self.library_view.select(self.shown_entry)
 
     def resolve_damaged(self, damaged: Damaged) -> None:
         """A library folder that cannot be read: the person deletes it or keeps it."""

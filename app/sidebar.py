@@ -35,6 +35,21 @@ def _button(text: str, tip: str) -> QToolButton:
     return button
 
 
+def _select(view: QListWidget, widget: QListWidgetItem | None) -> None:
+    """Make `widget` the one highlighted row of `view` (none if None), quietly."""
+    view.blockSignals(True)
+    try:
+        view.clearSelection()
+        if widget is None:
+            view.setCurrentRow(-1)
+        else:
+            view.setCurrentItem(widget)
+            widget.setSelected(True)
+    finally:
+        view.blockSignals(False)
+    view.viewport().update()
+
+
 class QueueRow(QWidget):
     def __init__(self, item: QueueItem, queue: SeparationQueue,
                  parent: QWidget | None = None) -> None:
@@ -126,6 +141,11 @@ class QueueView(QListWidget):
     def row_for(self, item: QueueItem) -> QueueRow:
         return self.rows[item.id][1]
 
+    def select(self, item: QueueItem | None) -> None:
+        """Highlight `item`'s row (the song shown), or none."""
+        widget = self.rows[item.id][0] if item is not None and item.id in self.rows else None
+        _select(self, widget)
+
     def _clicked(self, widget: QListWidgetItem) -> None:
         item_id = widget.data(Qt.ItemDataRole.UserRole)
         item = next((i for i in self.queue.items if i.id == item_id), None)
@@ -179,6 +199,12 @@ class LibraryView(QListWidget):
             self.damagedRequested.emit(entry)
         else:
             self.openRequested.emit(entry)
+
+    def select(self, entry: LibraryEntry | None) -> None:
+        """Highlight `entry`'s row (the song shown), or none."""
+        index = next((i for i, e in enumerate(self.entries)
+                      if entry is not None and e.folder == entry.folder), None)
+        _select(self, None if index is None else self.item(index))
 
     def current_entry(self) -> LibraryEntry | None:
         widget = self.currentItem()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QFileOpenEvent, QKeySequence, QPalette, QStandardItemModel
 from PySide6.QtWidgets import QApplication
@@ -180,3 +181,73 @@ def test_remove_takes_a_finished_item_off_the_queue(window, model_repo, tmp_path
     row = window.queue_view.row_for(item)
     qtbot.mouseClick(row.remove, Qt.MouseButton.LeftButton)
     assert window.queue.items == [] and window.queue_view.count() == 0
+
+
+def test_the_highlighted_rows_are_the_song_shown(make_window, model_repo, song, tmp_path,  # type: ignore[no-untyped-def]
+                                                 qtbot) -> None:
+    from app.library import Library
+    from tests.app.helpers import make_entry, stems_audio
+
+    entry = make_entry(Library(), "Groove", stems_audio(44100))
+    window = make_window()
+    other = write_wav(tmp_path / "other.wav", sine_mix(3.0, 44100, amplitude=0.3), 44100)
+    first, second = window.open_paths([song, other])
+    for item in (first, second):
+        wait_for(qtbot, item)
+    queue, library = window.queue_view, window.library_view
+
+    def highlighted() -> tuple[list[int], list[str]]:
+        rows = [queue.row(w) for w in queue.selectedItems()]
+        titles = [w.text().split("\n")[0] for w in library.selectedItems()]
+        return rows, titles
+
+    assert window.shown_item is first and highlighted() == ([0], [])  # shown when it started
+    window.show_item(second)
+    assert highlighted() == ([1], [])
+    window.show_entry(entry)
+    assert highlighted() == ([], ["Groove"])
+    window.show_item(second)
+    assert highlighted() == ([1], [])
+    [waiting] = window.open_paths([tmp_path / "gone.wav"])  # fails: nothing to show
+    wait_for(qtbot, waiting)
+    queue.setCurrentRow(2)
+    queue.itemClicked.emit(queue.item(2))
+    assert window.shown_item is second and highlighted() == ([1], [])
+    window.show_track(None)
+    assert highlighted() == ([], [])
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="the Linux/BSD wording")
+def test_show_in_file_manager_off_macos_and_one_sentence_without_one(  # type: ignore[no-untyped-def]
+        make_window, tmp_path, monkeypatch, qtbot) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    from app.library import Library
+    from tests.app.helpers import make_entry, stems_audio
+
+    entry = make_entry(Library(), "Groove", stems_audio(44100))
+    window = make_window()
+    window.show_entry(entry)
+    texts = [a.text() for m in window.menuBar().actions() for a in m.menu().actions()]
+    assert "Show in File Manager" in texts and not any("Finder" in t for t in texts)
+    shown: list[str] = []
+    monkeypatch.setattr(QMessageBox, "about", lambda parent, title, text: shown.append(text))
+    window.about_action.trigger()
+    assert shown and "Mac" not in shown[0]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no xdg-open, gio, kde-open...
+    window.reveal_action.trigger()
+    message = window.statusBar().currentMessage()
+    assert message.startswith("No file manager could be found to show ")
+    assert str(entry.folder) in message and "xdg-open" in message
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    opened = tmp_path / "opened.txt"
+    fake = tools / "xdg-open"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {opened}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    window.statusBar().clearMessage()
+    window.reveal_action.trigger()
+    qtbot.waitUntil(opened.exists, timeout=5000)
+    assert opened.read_text().strip() == str(entry.folder)
+    assert window.statusBar().currentMessage() == ""

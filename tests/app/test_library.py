@@ -110,11 +110,17 @@ def test_the_entry_is_flushed_to_disk_before_it_replaces_the_old_one(monkeypatch
     entry = make_entry(Library(), "Song", stems_audio(RATE))
     calls: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(engine.atomicio.os, "fsync",
-                        lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(engine.atomicio.os, "replace",
-                        lambda a, b: (calls.append(f"replace {Path(b).name}"),
-                                      real_replace(a, b))[1])
+
+    def fsync(fd: int) -> None:
+        calls.append("fsync")
+        real_fsync(fd)
+
+    def replace(a: Path, b: Path) -> None:
+        calls.append(f"replace {Path(b).name}")
+        real_replace(a, b)
+
+    monkeypatch.setattr(engine.atomicio.os, "fsync", fsync)
+    monkeypatch.setattr(engine.atomicio.os, "replace", replace)
     entry.title = "Renamed"
     entry.save()
     assert calls[:2] == ["fsync", "replace entry.json"]

@@ -220,3 +220,29 @@ def test_first_run_with_a_bad_download_reports_the_checksum(  # type: ignore[no-
     wait_for(qtbot, item)
     assert item.state == State.FAILED
     assert not any(window.library.root.iterdir())
+
+
+def test_the_first_run_dialog_shows_all_of_its_text(qtbot) -> None:  # type: ignore[no-untyped-def]
+    """No wrapped line is cut off, before or after a long error (the dialog grows to it)."""
+    from PySide6.QtWidgets import QLabel
+
+    from app.firstrun import ModelDialog
+    from app.models import ModelKey, SeparationService
+
+    key = ModelKey("htdemucs_6s")
+    dialog = ModelDialog(key, SeparationService())
+    qtbot.addWidget(dialog)
+
+    def cut_off() -> list[str]:
+        return [label.text()[:40] for label in dialog.findChildren(QLabel)
+                if label.isVisible() and label.wordWrap()
+                and label.height() < label.heightForWidth(label.width())]
+
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    assert cut_off() == []
+    dialog._on_failed(key, "Cannot download htdemucs_6s checkpoint 5c90dfd2-34c22ccb.th from "
+                      "http://127.0.0.1:9/5c90dfd2-34c22ccb.th (connection refused); download "
+                      "it by hand and put it in /a/rather/long/folder/of/models.")
+    qtbot.wait(50)
+    assert dialog.error.isVisible() and cut_off() == []
