@@ -2,19 +2,32 @@
 
 `demixer separate` takes demucs's flag names wherever the meaning is the same, so a demucs
 user's command works. Exit codes: 0 all files done, 1 any file failed (the rest still ran),
-2 usage errors (argparse's own, and settings that cannot work, e.g. CoreML off macOS).
+2 usage errors (argparse's own, and settings that cannot work, e.g. CoreML off macOS), each
+one line; 130 after Ctrl-C, 143 after SIGTERM (the work so far is kept: see cli_separate).
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
+from engine import __version__
 from engine.errors import DemixerError
+from engine.names import printable
 
 SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor", "bench")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (exit 2), not the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {printable(message)} (see {self.prog} --help)\n")
 
 
 def _add_separate(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +40,8 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filename", default="{track}/{stem}.{ext}",
                    help="output name template: {track} {trackext} {stem} {ext}")
     p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml"))
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml"),
+                   help="where the network runs: auto (CoreML on macOS 13+, else torch)")
     p.add_argument("--compute-units", default="all", choices=("all", "cpu_and_gpu", "cpu_only"),
                    help="CoreML compute units (all = Neural Engine when possible)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "mixed", "fp16"),
@@ -37,9 +51,11 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed for the shift offsets")
     p.add_argument("--shift-offsets", default=None,
                    help="explicit shift offsets in samples, comma separated (reproduces a run)")
-    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--overlap", type=float, default=0.25,
+                   help="fraction of each chunk shared with the next, 0 to 0.99 (default 0.25)")
     p.add_argument("--segment", type=float, default=None, help="segment length in seconds")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("-j", "--jobs", type=int, default=0,
+                   help="CPU threads (0 = all cores, at most this machine's cores)")
     _add_output_flags(p)
 
 
@@ -51,20 +67,24 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     depth.add_argument("--int24", action="store_true", help="24-bit integer WAV/FLAC")
     depth.add_argument("--float32", action="store_true", help="32-bit float WAV")
     kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--flac", action="store_true")
-    kind.add_argument("--mp3", action="store_true")
-    p.add_argument("--mp3-bitrate", type=int, default=320)
-    p.add_argument("--clip-mode", default="rescale", choices=("rescale", "clamp", "none"))
+    kind.add_argument("--flac", action="store_true", help="write FLAC instead of WAV")
+    kind.add_argument("--mp3", action="store_true", help="write MP3 (LAME, gapless)")
+    p.add_argument("--mp3-bitrate", type=int, default=320,
+                   help="MP3 bit rate in kbit/s (default 320)")
+    p.add_argument("--clip-mode", default="rescale", choices=("rescale", "clamp", "none"),
+                   help="rescale (default: lower the whole stem if it would clip), "
+                        "clamp (cut peaks), none (float32 keeps them)")
     p.add_argument("--keep-model-rate", action="store_true",
                    help="write stems at the model's 44.1 kHz instead of the input's rate")
-    p.add_argument("--overwrite", action="store_true", help="replace existing stem files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing stem files (the old set stays whole if this fails)")
 
 
 def _add_make_test_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-test-model", help="write a random-weight model (tests, benchmarks)")
-    p.add_argument("--name", default="htdemucs_6s")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="htdemucs_6s", help="catalogue model to imitate")
+    p.add_argument("--out", type=Path, required=True, help="folder to write it to")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--tiny", action="store_true", help="a small architecture instead of the real")
     p.set_defaults(func=_run_make_test_model)
 
@@ -78,8 +98,9 @@ def _run_make_test_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="demixer", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="demixer", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"demixer {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_separate(sub)
     _add_make_test_model(sub)
     try:
@@ -98,6 +119,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from engine.selftest import main as self_test
 
         return self_test(argv[1:])
+    if argv[:1] == ["--version"]:
+        print(f"demixer {__version__}")
+        return 0
+    if argv and argv[0] not in SUBCOMMANDS and not argv[0].startswith("-"):
+        typo = _mistyped_command(argv[0])
+        if typo is not None:
+            print(f"demixer: unknown command '{printable(argv[0])}'; did you mean '{typo}'?",
+                  file=sys.stderr)
+            return 2
     if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
         return _open_app(argv)
     args = build_parser().parse_args(argv)
@@ -112,6 +142,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def _mistyped_command(word: str) -> str | None:
+    """The subcommand `word` was probably meant to be, if it is not a file or folder."""
+    if os.path.exists(word) or os.sep in word or Path(word).suffix:
+        return None
+    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _open_app(files: list[str]) -> int:
     """`demixer [FILE...]`: the window, with the files queued as if dropped (or handed to
     the window already open); says what is missing when no window can open here."""
@@ -124,5 +162,5 @@ def _open_app(files: list[str]) -> int:
     return launch(files)
 
 
-if __name__ == "__main__":  # `python -m engine.cli`, as the `demixer` script
+if __name__ == "__main__":  # python -m engine.cli
     sys.exit(main())

@@ -32,8 +32,15 @@ def _err(text: str) -> None:
 
 
 def add_models_commands(sub: argparse._SubParsersAction) -> None:
-    models = sub.add_parser("models", help="list, convert, verify or clear models")
-    msub = models.add_subparsers(dest="models_command", required=True)
+    models = sub.add_parser("models", help="list, download, convert, verify or clear models")
+    msub = models.add_subparsers(dest="models_command", required=False,
+                                 parser_class=type(models))
+
+    def show_help(args: argparse.Namespace) -> int:  # `demixer models` alone: its help, exit 0
+        models.print_help()
+        return 0
+
+    models.set_defaults(func=show_help)
 
     p = msub.add_parser("list", help="the catalogue: what is downloaded, what is converted")
     p.set_defaults(func=run_list)

@@ -1,19 +1,38 @@
-"""`demixer separate`: many files, one model, one line per file, exit 0/1/2."""
+"""`demixer separate`: many files, one model, one line per file, exit 0/1/2.
+
+Usage mistakes (`engine.cli_usage`) are reported before the model loads, exit 2. Each file
+runs as a resumable job in its own `engine.partial` folder: Ctrl-C or SIGTERM stops it
+between chunks and keeps what is finished, and so does a kill or a crash (up to the last
+checkpoint); running the same command again resumes it ("resuming song.wav from 63%") and
+gives the same stems, bit for bit. Two inputs with the same name in one batch
+(`a/song.wav b/song.flac`) get distinct output folders: the second one's is `song (2)`,
+said in one line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from engine.catalogue import default_model
 from engine.decode import find_audio_files
-from engine.errors import DemixerError
-from engine.job import JobEvent, SeparationJob
-from engine.outputs import OutputPlan, parse_mix
+from engine.errors import DemixerError, UsageError
+from engine.job import JobEvent, JobResult, SeparationJob
+from engine.names import printable
+from engine.outputs import OutputPlan, outputs_for, parse_mix
 from engine.separator import SeparationOptions, Separator
 from engine.writers import OutputFormat
+
+SIGTERM_EXIT = 143
+SIGINT_EXIT = 130
 
 
 def expand_tracks(paths: list[Path]) -> list[Path]:
@@ -28,7 +47,7 @@ def options_from(args: argparse.Namespace) -> SeparationOptions:
         try:
             offsets = tuple(int(v) for v in args.shift_offsets.split(","))
         except ValueError:
-            raise DemixerError("--shift-offsets takes whole numbers, e.g. 1200,20000.") from None
+            raise UsageError("--shift-offsets takes whole numbers, e.g. 1200,20000.") from None
     return SeparationOptions(shifts=args.shifts, overlap=args.overlap, segment=args.segment,
                              seed=args.seed, shift_offsets=offsets)
 
@@ -38,9 +57,15 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
                        sample_format="float32" if args.float32 else
                        "int24" if args.int24 else "int16",
                        mp3_bitrate=args.mp3_bitrate, clip_mode=args.clip_mode)
-    fmt.validate()
+    try:
+        fmt.validate()
+        mixes = tuple(parse_mix(m) for m in args.mix)
+    except UsageError:
+        raise
+    except DemixerError as err:
+        raise UsageError(str(err)) from None
     return OutputPlan(root=args.out, model_name=model_name, template=args.filename, fmt=fmt,
-                      two_stems=args.two_stems, mixes=tuple(parse_mix(m) for m in args.mix),
+                      two_stems=args.two_stems, mixes=mixes,
                       keep_model_rate=args.keep_model_rate, overwrite=args.overwrite)
 
 
@@ -58,61 +83,197 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
                            convert_progress=convert_progress)
 
 
+def _err(text: str) -> None:
+    """One line on stderr; control characters in names are shown escaped."""
+    print(f"demixer: {printable(text)}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM is handled like Ctrl-C (the job stops between chunks and stays resumable);
+    yields a list that holds the signal number once one arrived."""
+    got: list[int] = []
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield got
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
 def run_separate(args: argparse.Namespace) -> int:
+    from engine.cli_usage import check_after_load, check_usage
+
     name = args.name or default_model()
     try:
-        from engine.backends import check_device, resolve_backend_kind
-
         options, plan = options_from(args), plan_from(args, name)
-        resolve_backend_kind(args.backend)
-        if args.backend != "coreml":
-            check_device(args.device)
+        check_usage(args, name, options, plan)
     except DemixerError as err:
-        print(f"demixer: {err}", file=sys.stderr)
+        _err(str(err))
         return 2
+    with _sigterm_as_interrupt() as signals:
+        try:
+            code = _run_batch(args, name, options, plan, check_after_load)
+        except KeyboardInterrupt:
+            _err("interrupted before any file was started.")
+            code = SIGINT_EXIT
+    return SIGTERM_EXIT if code == SIGINT_EXIT and signals else code
+
+
+def _run_batch(args: argparse.Namespace, name: str, options: SeparationOptions,
+               plan: OutputPlan, check_after_load: Any) -> int:
+    from engine.partial import clean_stale
+
     if args.jobs > 0:
         import torch
 
         torch.set_num_threads(args.jobs)
     try:
+        clean_stale()
         separator = _load(args, name, options)
+        check_after_load(plan, separator)
+    except UsageError as err:
+        _err(str(err))
+        return 2
     except DemixerError as err:
-        print(f"demixer: {err}", file=sys.stderr)
+        _err(str(err))
         return 1
-    except KeyboardInterrupt:
-        print("demixer: cancelled.", file=sys.stderr)
-        return 130
+    tracks = expand_tracks(args.tracks)
     failed = 0
-    try:
-        for track in expand_tracks(args.tracks):
-            failed += not _separate_one(track, separator, plan)
-    except KeyboardInterrupt:  # the job was cancelled and cleaned up in _separate_one
-        print("demixer: cancelled; no partial stems were left behind.", file=sys.stderr)
-        return 130
+    for track, track_name in zip(tracks, _output_names(tracks, plan, separator), strict=True):
+        ok = _separate_one(track, separator, plan, track_name)
+        if ok is None:
+            return SIGINT_EXIT
+        failed += not ok
     return 1 if failed else 0
 
 
-def _separate_one(track: Path, separator: Separator, plan: OutputPlan) -> bool:
-    bar = _ProgressBar(track) if sys.stderr.isatty() else None
-    job = SeparationJob(track, separator, plan=plan, on_event=bar.update if bar else None)
-    job.start()
+def _output_names(tracks: list[Path], plan: OutputPlan, separator: Separator
+                  ) -> list[str | None]:
+    """The {track} name of each input: its own, or `NAME (2)`, `NAME (3)`... for a later
+    input whose outputs would land on an earlier one's (said in one line)."""
+    from engine.outputs import output_paths
+
+    names: list[str | None] = []
+    taken: dict[Path, Path] = {}
+    outputs = list(outputs_for(plan, separator.sources))
+    for track in tracks:
+        name, n = track.stem, 1
+        while set(paths := output_paths(plan, track, outputs, name).values()) & taken.keys():
+            if "{track}" not in plan.template:
+                raise UsageError(f"--filename '{plan.template}' has no {{track}}, so every "
+                                 "file would be written to the same stems; add {track}.")
+            n += 1
+            name = f"{track.stem} ({n})"
+        if n > 1:
+            first = taken[next(iter(set(output_paths(plan, track, outputs).values())
+                                    & taken.keys()))]
+            print(f"demixer: {printable(track)} has the same name as {printable(first)}: "
+                  f"its stems go to '{printable(name)}'.", file=sys.stderr)
+        taken.update(dict.fromkeys(paths, track))
+        names.append(name if n > 1 else None)
+    return names
+
+
+def _run_key(track: Path, separator: Separator, plan: OutputPlan,
+             track_name: str | None) -> dict[str, Any]:
+    from engine.partial import source_identity
+
+    return {"source": source_identity(track), "separator": separator.identity(),
+            "options": asdict(separator.options), "out": str(plan.root.absolute()),
+            "template": plan.template, "track_name": track_name}
+
+
+def _separate_one(track: Path, separator: Separator, plan: OutputPlan,
+                  track_name: str | None) -> bool | None:
+    """True if done, False if it failed; None if interrupted (Ctrl-C, SIGTERM)."""
+    from engine.partial import open_run
+
     try:
-        while not job.finished.wait(0.2):
-            pass
-    except KeyboardInterrupt:  # Ctrl-C: cancel cleanly, leave no half-written stems
-        job.cancel()
-        job.wait()
-        raise
+        run = open_run(_run_key(track, separator, plan, track_name), track)
+    except DemixerError as err:
+        _err(str(err))
+        return False
+    bar = _ProgressBar(track) if sys.stderr.isatty() else None
+    job = SeparationJob(track, separator, plan=plan, stems_dir=run.stems_dir,
+                        workdir=run.work_dir, track_name=track_name,
+                        on_event=_Reporter(track, bar))
+    try:
+        result = _wait(job)
     finally:
         if bar:
             bar.close()
-    result = job.result
+        done = job.finished.is_set()
+        run.close(remove=done and (job.result.ok or job.result.resumable is None))
+    if result is None:
+        _report_interrupt(track, job.result)
+        return None
+    return _report(track, result, plan)
+
+
+def _wait(job: SeparationJob) -> JobResult | None:
+    """Run `job` to its end; None if Ctrl-C or SIGTERM stopped it (it is stopped cleanly)."""
+    thread = job.start()
+    try:
+        while not job.finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:  # stop between chunks, keep what is finished
+        job.cancel()
+        while not job.finished.wait(0.2):
+            pass
+        thread.join()
+        return None
+    thread.join()  # NB: never leave it running into interpreter shutdown
+    return job.result
+
+
+def _report_interrupt(track: Path, result: JobResult) -> None:
+    if result.ok:  # it finished before the interrupt reached it
+        return
+    if result.resumable is not None:
+        _err(f"interrupted; run the same command again to resume {printable(track.name)} "
+             f"from {int(result.resumable * 100)}%.")
+    else:
+        _err(f"interrupted; nothing of {printable(track.name)} was written.")
+
+
+def _report(track: Path, result: JobResult, plan: OutputPlan) -> bool:
     if result.ok:
         folder = result.written[0].parent if result.written else plan.root
-        print(f"{track}: {len(result.written)} stems in {folder} ({result.seconds:.1f} s)")
+        print(f"{printable(track)}: {len(result.written)} stems in {printable(folder)} "
+              f"({result.seconds:.1f} s)")
         return True
-    print(f"demixer: {result.error or 'cancelled'}", file=sys.stderr)
+    message = result.error or f"{track}: stopped"
+    if result.resumable is not None:
+        message = (f"{message.rstrip('.')}; the finished {int(result.resumable * 100)}% is "
+                   "kept, run the same command again to resume.")
+    _err(message)
     return False
+
+
+class _Reporter:
+    """Job events -> the progress bar and the one "resuming" line."""
+
+    def __init__(self, track: Path, bar: _ProgressBar | None) -> None:
+        self.track = track
+        self.bar = bar
+
+    def __call__(self, event: JobEvent) -> None:
+        if event.kind == "resumed":
+            line = f"demixer: {printable(event.message)}"
+            if self.bar is not None:
+                self.bar.write(line)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        elif self.bar is not None:
+            self.bar.update(event)
 
 
 class _ProgressBar:
@@ -121,7 +282,8 @@ class _ProgressBar:
     def __init__(self, track: Path) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=100, desc=track.name, unit="%", leave=False,
+        self.bar = tqdm(total=100, desc=printable(track.name), unit="%", leave=False,
+                        file=sys.stderr, mininterval=0.0, dynamic_ncols=True,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
         self.lock = threading.Lock()
 
@@ -132,6 +294,10 @@ class _ProgressBar:
             self.bar.n = round(event.fraction * 100)
             eta = f", {event.eta_s:.0f} s left" if event.eta_s is not None else ""
             self.bar.set_postfix_str(f"{event.stage}{eta}", refresh=True)
+
+    def write(self, line: str) -> None:
+        with self.lock:
+            self.bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

@@ -27,5 +27,9 @@ class OutputExistsError(DemixerError):
     """A stem file exists already and `--overwrite` was not given."""
 
 
+class UsageError(DemixerError):
+    """A command line that cannot work (exit code 2, reported before any work)."""
+
+
 class Cancelled(Exception):
     """A job was cancelled through its `threading.Event`; not an error for the user."""

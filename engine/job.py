@@ -3,32 +3,52 @@
 The GUI and the CLI drive the same `SeparationJob`. It reports `JobEvent`s through a callback
 (called on the worker thread: the GUI turns them into Qt signals), exposes the growing stems
 (`job.stems`, readable below `job.stems.ready_frames`) as soon as decoding is done, and cancels
-through a `threading.Event` checked between chunks, leaving no output files behind.
+through a `threading.Event` checked between chunks.
+
+Resume. With a `stems_dir` (the app's library folder, or the CLI's `engine.partial` run
+folder) the job checkpoints as it goes (`StemBuffers.begin`): the stems' data is fsynced, then
+`stems.json` records how far they are final and what a resume must reproduce (the input's
+size and mtime, a fingerprint of model, backends and options, the decoded length, mean and std,
+the shift offsets). A job started on a folder that holds such a checkpoint for the same input
+and settings (`engine.partial.inspect(folder, job.fingerprint())` tells beforehand) decodes the
+song again, checks that it decodes to the same samples' length, mean and std, and continues
+from the checkpoint: the stems come out bit for bit as from one uninterrupted run. If anything
+differs it starts afresh. A cancel (`cancel()`), a failure, a crash, a kill or a power loss
+leaves the finished chunks in the folder; `cancel(discard=True)` removes them.
+Without a `stems_dir` the stems live in a temporary folder and go with the job.
+
+Every failure ends the job with `result.error`: one sentence naming the file and the reason.
+An exception Demixer does not foresee is logged in full (`engine.logfile`) and reported in one
+line naming that log; it never escapes the thread.
 """
 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from engine.decode import DecodedTrack, decode
 from engine.errors import Cancelled, DemixerError
+from engine.logfile import unexpected_message
 from engine.outputs import OutputPlan, check_outputs, write_outputs
+from engine.partial import FolderLock, digest, inspect, new_workdir, source_identity
 from engine.resample import resampled_length
 from engine.separator import Progress, Separator
-from engine.stembuffers import StemBuffers
+from engine.stembuffers import StemBuffers, read_index
+
+RECORD_VERSION = 1
 
 
 @dataclass(frozen=True)
 class JobEvent:
-    kind: str  # "stage" | "progress" | "ready" | "done" | "failed" | "cancelled"
+    # "stage" | "progress" | "ready" | "resumed" | "done" | "failed" | "cancelled"
+    kind: str
     stage: str = ""  # "decoding" | "separating" | "writing"
-    fraction: float = 0.0  # of the current stage, 0..1
+    fraction: float = 0.0  # of the current stage, 0..1 ("resumed": how far the stems were)
     eta_s: float | None = None
     ready_frames: int = 0  # stems are final for [0, ready_frames) at the model rate
     message: str = ""
@@ -42,37 +62,60 @@ class JobResult:
     error: str | None = None
     written: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    resumed_from: float | None = None  # the fraction this run started from, if it resumed
+    resumable: float | None = None  # after a cancel or failure: the fraction kept for later
 
 
 class SeparationJob:
     def __init__(self, path: Path, separator: Separator, *, plan: OutputPlan | None = None,
                  stems_dir: Path | None = None,
-                 on_event: Callable[[JobEvent], None] | None = None) -> None:
-        """`plan` None writes no files (the app exports on demand); `stems_dir` keeps the
-        raw stems there (the app's library) instead of in a temporary folder."""
+                 on_event: Callable[[JobEvent], None] | None = None,
+                 workdir: Path | None = None, resume: bool = True,
+                 track_name: str | None = None) -> None:
+        """`plan` None writes no files (the app exports on demand). `stems_dir` keeps the raw
+        stems there, resumable (see module docstring; `resume` False always starts afresh);
+        None keeps them in a temporary folder. `workdir` (default: a fresh locked folder in
+        the data folder, see `engine.partial`) takes the decoded track; it is emptied at the
+        end. `track_name` replaces the input's name in the output files' {track}."""
         self.path = Path(path)
+        self.track_name = track_name
         self.separator = separator
         self.plan = plan
         self.cancel_event = threading.Event()
         self.on_event = on_event or (lambda e: None)
-        self._keep_stems = stems_dir is not None
-        self.workdir = Path(tempfile.mkdtemp(prefix="demixer-"))
-        self.stems_dir = stems_dir or self.workdir / "stems"
+        self.resumable = stems_dir is not None
+        self.resume = resume
+        self.workdir = workdir
+        self._given_workdir = workdir is not None
+        self._work_lock: FolderLock | None = None
+        self.stems_dir = stems_dir
         self.track: DecodedTrack | None = None
         self.stems: StemBuffers | None = None
         self.result = JobResult(self.path)
+        self._discard = False
+        self._source = source_identity(self.path)
         # NB: waiting uses this event, not Thread.join: a join interrupted by Ctrl-C can make
         # a later join return while the thread still runs (CPython 3.11).
         self.finished = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def fingerprint(self) -> str:
+        """A digest of what decides the stems: the input's identity, the model and backends,
+        the options. A checkpoint with another fingerprint is never resumed."""
+        sep = self.separator
+        return digest({"version": RECORD_VERSION, "source": self._source,
+                       "separator": sep.identity(), "options": asdict(sep.options)})
+
     def start(self) -> threading.Thread:
-        self._thread = threading.Thread(target=self.run, name=f"demixer-job-{self.path.name}",
-                                        daemon=True)
+        # NB: not a daemon: the interpreter waits for it at exit instead of killing it inside
+        # torch or numpy (a daemon thread stopped there aborts the process, exit 134).
+        self._thread = threading.Thread(target=self.run, name=f"demixer-job-{self.path.name}")
         self._thread.start()
         return self._thread
 
-    def cancel(self) -> None:
+    def cancel(self, discard: bool = False) -> None:
+        """Stop between chunks. The finished chunks stay resumable unless `discard`."""
+        self._discard = self._discard or discard
         self.cancel_event.set()
 
     def wait(self, timeout: float | None = None) -> JobResult:
@@ -89,12 +132,14 @@ class SeparationJob:
             self.on_event(JobEvent("done", message=f"{self.path.name}: done"))
         except Cancelled:
             self.result.cancelled = True
-            self._discard_stems()
+            self._keep_or_discard()
             self.on_event(JobEvent("cancelled", message=f"{self.path.name}: cancelled"))
         except DemixerError as err:
             self._fail(str(err))
         except MemoryError:
             self._fail(f"{self.path}: not enough memory to separate this file.")
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            self._fail(unexpected_message(str(self.path), err))
         finally:
             self.result.seconds = time.monotonic() - t0
             self._cleanup()
@@ -104,22 +149,70 @@ class SeparationJob:
     def _run(self) -> None:
         sep = self.separator
         if self.plan is not None:
-            check_outputs(self.plan, self.path, sep.sources)  # fail before any work
+            check_outputs(self.plan, self.path, sep.sources, self.track_name)  # before work
+        workdir = self._prepare_workdir()
         self.on_event(JobEvent("stage", stage="decoding"))
-        self.track = decode(self.path, sep.samplerate, self.workdir, cancel=self.cancel_event,
+        self.track = decode(self.path, sep.samplerate, workdir, cancel=self.cancel_event,
                             progress=lambda f: self.on_event(
                                 JobEvent("progress", stage="decoding", fraction=f)))
-        self.stems = StemBuffers(self.stems_dir, sep.sources, sep.shapes.channels,
-                                 self.track.audio.shape[-1], sep.samplerate)
+        self.stems, offsets = self._open_stems(self.track)
         self.on_event(JobEvent("stage", stage="separating"))
-        sep.separate(self.track.audio, self.track.mean, self.track.std, self.stems,
-                     cancel=self.cancel_event, on_progress=self._on_progress)
+        if self.stems.ready_frames < self.stems.frames:
+            sep.separate(self.track.audio, self.track.mean, self.track.std, self.stems,
+                         cancel=self.cancel_event, on_progress=self._on_progress,
+                         offsets=offsets)
         self.stems.save_index(complete=True, extra={"source": str(self.path)})
         if self.plan is not None:
             self.on_event(JobEvent("stage", stage="writing"))
             rate, frames = self._output_rate()
             self.result.written = write_outputs(self.plan, self.path, self.stems, rate, frames,
-                                                cancel=self.cancel_event)
+                                                cancel=self.cancel_event,
+                                                track_name=self.track_name)
+
+    def _prepare_workdir(self) -> Path:
+        if self.workdir is None:
+            self.workdir, self._work_lock = new_workdir()
+        if self.stems_dir is None:
+            self.stems_dir = self.workdir / "stems"
+        return self.workdir
+
+    def _open_stems(self, track: DecodedTrack) -> tuple[StemBuffers, Sequence[int] | None]:
+        """The stems to separate into, and the shift offsets: resumed if possible."""
+        assert self.stems_dir is not None
+        resumed = self._try_resume(track) if self.resumable and self.resume else None
+        if resumed is not None:
+            return resumed
+        sep = self.separator
+        offsets = sep.draw_offsets()
+        stems = StemBuffers(self.stems_dir, sep.sources, sep.shapes.channels,
+                            track.audio.shape[-1], sep.samplerate)
+        if self.resumable:
+            stems.begin({"version": RECORD_VERSION, "fingerprint": self.fingerprint(),
+                         "source": self._source, "frames": track.audio.shape[-1],
+                         "mean": track.mean, "std": track.std,
+                         "offsets": None if offsets is None else list(offsets)})
+        return stems, offsets
+
+    def _try_resume(self, track: DecodedTrack
+                    ) -> tuple[StemBuffers, Sequence[int] | None] | None:
+        assert self.stems_dir is not None
+        state = inspect(self.stems_dir, self.fingerprint())
+        record = (read_index(self.stems_dir) or {}).get("resume") or {}
+        same_audio = (record.get("frames") == track.audio.shape[-1]
+                      and record.get("mean") == track.mean and record.get("std") == track.std)
+        if not (state.resumable and same_audio):
+            return None
+        try:
+            stems = StemBuffers.resume(self.stems_dir)
+        except (OSError, ValueError):
+            return None
+        self.result.resumed_from = state.fraction
+        self.on_event(JobEvent("resumed", fraction=state.fraction,
+                               ready_frames=stems.ready_frames,
+                               message=f"resuming {self.path.name} from "
+                                       f"{int(state.fraction * 100)}%"))
+        offsets = record.get("offsets")
+        return stems, None if offsets is None else tuple(int(o) for o in offsets)
 
     def _output_rate(self) -> tuple[int, int]:
         """Stems go out at the input's rate and exact length unless the plan keeps 44.1 kHz."""
@@ -137,18 +230,44 @@ class SeparationJob:
 
     def _fail(self, message: str) -> None:
         self.result.error = message
-        self._discard_stems()
+        self._keep_or_discard()
         self.on_event(JobEvent("failed", message=message))
 
-    def _discard_stems(self) -> None:
+    def _keep_or_discard(self) -> None:
+        """After a cancel or failure: keep checkpointed stems for a resume (unless a discard
+        was asked for, or they are temporary), else remove them."""
+        stems, self.stems = self.stems, None
+        kept = False
+        if stems is not None:
+            try:
+                if self.resumable and not self._discard and stems.ready_frames > 0:
+                    stems.checkpoint()
+                    kept = True
+            except OSError:
+                pass  # the last checkpoint on disk still holds (e.g. the disk is full now)
+            finally:
+                stems.close()
+        if self.resumable and not self._discard and not kept:
+            kept = inspect(self.stems_dir or Path()).resumable  # an earlier checkpoint
+        if kept:
+            self.result.resumable = inspect(self.stems_dir or Path()).fraction
+        elif self.stems_dir is not None and self.stems_dir.exists():
+            shutil.rmtree(self.stems_dir, ignore_errors=True)
+
+    def _cleanup(self) -> None:
+        """Close everything; remove the decoded track (and temporary stems)."""
+        if self.track is not None:
+            self.track.close()
         if self.stems is not None:
             self.stems.close()
             self.stems = None
-        shutil.rmtree(self.stems_dir, ignore_errors=True)
-
-    def _cleanup(self) -> None:
-        if self.track is not None:
-            self.track.close()
-        if not self._keep_stems and self.stems is not None:
-            self.stems.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.workdir is not None:
+            if self._given_workdir:
+                for leftover in self.workdir.glob("decoded-*"):
+                    leftover.unlink(missing_ok=True)
+                if not self.resumable:
+                    shutil.rmtree(self.workdir / "stems", ignore_errors=True)
+            else:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._work_lock is not None:
+            self._work_lock.release()

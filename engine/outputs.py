@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.errors import Cancelled, DemixerError, OutputExistsError
+from engine.atomicio import Staged, commit_all, discard_temps
+from engine.errors import DemixerError, OutputExistsError
 from engine.stembuffers import StemBuffers
-from engine.writers import OutputFormat, write_audio
+from engine.writers import OutputFormat, io_reason, stage_audio
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
 
@@ -59,12 +60,16 @@ def outputs_for(plan: OutputPlan, sources: list[str]) -> dict[str, tuple[str, ..
     return result
 
 
-def output_paths(plan: OutputPlan, track: Path, names: list[str]) -> dict[str, Path]:
+def output_paths(plan: OutputPlan, track: Path, names: list[str],
+                 track_name: str | None = None) -> dict[str, Path]:
+    """Output name -> file. `track_name` replaces the input's stem in {track} (a batch gives
+    `song (2)` to a second input called `song`)."""
     base = plan.root / plan.model_name
     paths = {}
     for name in names:
-        rel = plan.template.format(track=track.stem, trackext=track.suffix.lstrip("."),
-                                   stem=name, ext=plan.fmt.ext)
+        rel = plan.template.format(track=track_name or track.stem,
+                                   trackext=track.suffix.lstrip("."), stem=name,
+                                   ext=plan.fmt.ext)
         paths[name] = base / rel
     if len(set(paths.values())) != len(paths):
         raise DemixerError(f"--filename '{plan.template}' gives the same file to several stems; "
@@ -72,9 +77,10 @@ def output_paths(plan: OutputPlan, track: Path, names: list[str]) -> dict[str, P
     return paths
 
 
-def check_outputs(plan: OutputPlan, track: Path, sources: list[str]) -> dict[str, Path]:
+def check_outputs(plan: OutputPlan, track: Path, sources: list[str],
+                  track_name: str | None = None) -> dict[str, Path]:
     """The output paths for `track`; raises before any work if one exists already."""
-    paths = output_paths(plan, track, list(outputs_for(plan, sources)))
+    paths = output_paths(plan, track, list(outputs_for(plan, sources)), track_name)
     if not plan.overwrite:
         for path in paths.values():
             if path.exists():
@@ -84,19 +90,38 @@ def check_outputs(plan: OutputPlan, track: Path, sources: list[str]) -> dict[str
 
 
 def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: int,
-                  frames_out: int, cancel: threading.Event | None = None) -> list[Path]:
-    """Write every output; on failure or cancel, remove what this call wrote."""
+                  frames_out: int, cancel: threading.Event | None = None,
+                  track_name: str | None = None) -> list[Path]:
+    """Write every output, all or nothing.
+
+    Each file is written whole to a temporary beside its target first; only when all are
+    complete are they swapped in (`engine.atomicio.commit_all`). On a failure or cancel at
+    any point the old files (with `overwrite`) stay whole, and only files this call created
+    are removed, known by identity, so another process's file of the same name is safe."""
     mixes = outputs_for(plan, stems.sources)
-    paths = check_outputs(plan, track, stems.sources)
-    written: list[Path] = []
+    paths = check_outputs(plan, track, stems.sources, track_name)
+    staged: list[Staged] = []
     try:
         for name, parts in mixes.items():
             views: list[Any] = [stems.view(s) for s in parts]  # (C, N) array-likes
-            written.append(write_audio(paths[name], views, stems.samplerate, rate_out=rate_out,
-                                       frames_out=frames_out, fmt=plan.fmt,
-                                       overwrite=plan.overwrite, cancel=cancel))
-    except (Cancelled, DemixerError, OSError):
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
+            temp = stage_audio(paths[name], views, stems.samplerate, rate_out=rate_out,
+                               frames_out=frames_out, fmt=plan.fmt, overwrite=plan.overwrite,
+                               cancel=cancel)
+            staged.append(Staged.of(paths[name], temp))
+        _commit(staged, plan.overwrite)
+    finally:
+        discard_temps(staged)
+    return [item.target for item in staged]
+
+
+def _commit(staged: list[Staged], overwrite: bool) -> None:
+    try:
+        commit_all(staged, overwrite)
+    except FileExistsError as err:
+        raise OutputExistsError(f"{err.filename} appeared while the stems were written; "
+                                "use --overwrite to replace it or -o to write elsewhere.") \
+            from None
+    except OSError as err:
+        path = Path(err.filename or staged[0].target)
+        raise DemixerError(f"{path} cannot be written ({io_reason(err, path)}); the files "
+                           "that were there are unchanged.") from None

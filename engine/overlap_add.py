@@ -24,14 +24,18 @@ from engine.stembuffers import StemBuffers
 
 class PassAccumulator:
     def __init__(self, p: Pass, sources: int, channels: int, segment: int,
-                 weight: np.ndarray) -> None:
+                 weight: np.ndarray, first_chunk: int = 0) -> None:
+        """`first_chunk` > 0 resumes the pass there: the sums start from zero at that chunk's
+        first sample, so every sample that no earlier chunk touches gets exactly the sums
+        of an uninterrupted run (earlier samples come out incomplete: the caller drops them)."""
         self.p = p
         self.segment = segment
         self.weight = weight
         self.out = np.zeros((sources, channels, segment), np.float32)
         self.sum_weight = np.zeros(segment, np.float32)
-        self.origin = p.base  # track position of out[..., 0]
-        self.next_chunk = 0
+        self.next_chunk = first_chunk
+        # track position of out[..., 0]
+        self.origin = p.chunks[first_chunk].out_start if first_chunk < len(p.chunks) else p.stop
 
     @property
     def frontier(self) -> int:
@@ -69,7 +73,10 @@ class Combiner:
     """Mixes pass regions into final, de-normalised stems in `sink` (see module docstring)."""
 
     def __init__(self, passes: Sequence[Pass], shifts: int, weights: np.ndarray,
-                 sink: StemBuffers, capacity: int, mean: float, std: float) -> None:
+                 sink: StemBuffers, capacity: int, mean: float, std: float,
+                 finalized: int = 0) -> None:
+        """`finalized` > 0 resumes: the stems before it are final in `sink` already, and
+        regions handed over for them are ignored."""
         self.passes = list(passes)
         self.shifts = shifts
         self.weights = weights.astype(np.float32)  # (members, S)
@@ -79,7 +86,7 @@ class Combiner:
         self.mean, self.std = np.float32(mean), np.float32(std)
         S, C = len(sink.sources), sink.channels
         self.pending = np.zeros((len(self.passes), S, C, capacity), np.float32)
-        self.finalized = 0  # the stems are final (and written) before this position
+        self.finalized = finalized  # the stems are final (and written) before this position
 
     def add(self, pass_index: int, start: int, region: np.ndarray) -> None:
         a, b = max(start, self.finalized), min(start + region.shape[-1], self.length)

@@ -51,4 +51,6 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
     backends = make_backends(bag, resolved, backend, device, precision,
                              compute_units=compute_units, convert_progress=convert_progress,
                              cancel=cancel)
-    return Separator(bag.weights, backends, options)
+    separator = Separator(bag.weights, backends, options)
+    separator.model_id = f"{resolved.name}:{','.join(resolved.sha256)}"  # resume's identity
+    return separator

@@ -11,14 +11,17 @@ Normalisation is demucs's (`demucs.api.Separator.separate_tensor`): the model se
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
 from engine import stft
 from engine.backends import Backend
@@ -47,6 +50,7 @@ class Progress:
     chunks_total: int
     ready_frames: int
     elapsed_s: float
+    chunks_resumed: int = 0  # of chunks_done, those finished by an earlier, interrupted run
 
     @property
     def fraction(self) -> float:
@@ -54,9 +58,10 @@ class Progress:
 
     @property
     def eta_s(self) -> float | None:
-        if self.chunks_done == 0:
+        ran = self.chunks_done - self.chunks_resumed
+        if ran <= 0:
             return None
-        return self.elapsed_s / self.chunks_done * (self.chunks_total - self.chunks_done)
+        return self.elapsed_s / ran * (self.chunks_total - self.chunks_done)
 
 
 class Separator:
@@ -70,6 +75,30 @@ class Separator:
         self.max_shift = int(0.5 * self.shapes.samplerate)
         if options.shifts < 0 or not 0 <= options.overlap < 1:
             raise DemixerError("--shifts must be >= 0 and --overlap between 0 and 1.")
+        self.model_id: str | None = None  # engine.pipeline: the name and checkpoint SHA-256s
+        self._weights_digest: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the stems' bits besides the input and the options: the model and how
+        each member runs. A resumed run must match it, or it would not be bit-identical."""
+        return {"model": self.model_id or self._model_digest(),
+                "bag_weights": self.weights.tolist(), "segment": self.segment,
+                "backends": [_backend_identity(b) for b in self.backends]}
+
+    def _model_digest(self) -> str:
+        """SHA-256 of the members' parameters (for separators not built from checkpoints)."""
+        if self._weights_digest is None:
+            sha = hashlib.sha256()
+            for backend in self.backends:
+                core = getattr(backend, "core", None)
+                if not isinstance(core, torch.nn.Module):
+                    sha.update(f"{type(backend).__name__}@{id(backend)}".encode())
+                    continue
+                for name, tensor in core.state_dict().items():
+                    sha.update(name.encode())
+                    sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+            self._weights_digest = sha.hexdigest()
+        return self._weights_digest
 
     @property
     def sources(self) -> list[str]:
@@ -90,20 +119,59 @@ class Separator:
                                "this model (it cannot see more than it was trained on).")
         return seg
 
-    def plan(self, length: int) -> list[Pass]:
+    def draw_offsets(self) -> tuple[int, ...] | None:
+        """The shift offsets of one run (shifts x members, member by member), None without
+        shifts: the options' explicit offsets, else drawn from their seed (random if None).
+        A resumable run records them, since a resume must use the same ones."""
         o = self.options
         members = len(self.backends)
-        offsets = list(o.shift_offsets) if o.shift_offsets is not None else (
-            draw_shift_offsets(o.shifts, members, self.max_shift, o.seed) if o.shifts else None)
-        if offsets is not None and len(offsets) != o.shifts * members:
+        if not o.shifts:
+            return None
+        offsets = tuple(o.shift_offsets) if o.shift_offsets is not None else tuple(
+            draw_shift_offsets(o.shifts, members, self.max_shift, o.seed))
+        if len(offsets) != o.shifts * members:
             raise DemixerError(f"--shift-offsets needs {o.shifts * members} values "
                                f"({o.shifts} shifts x {members} models).")
-        return plan(length, self.segment, o.overlap, members, o.shifts, self.max_shift, offsets)
+        return offsets
+
+    def plan(self, length: int, offsets: Sequence[int] | None = None) -> list[Pass]:
+        """Every pass's chunks for a track of `length` samples; `offsets` as `draw_offsets`
+        returns them (None: drawn now, per the options)."""
+        o = self.options
+        if offsets is None:
+            offsets = self.draw_offsets()
+        return plan(length, self.segment, o.overlap, len(self.backends), o.shifts,
+                    self.max_shift, None if offsets is None else list(offsets))
+
+    def batch_size(self, member: int) -> int:
+        return self.options.batch or self.backends[member].max_batch
+
+    def resume_chunks(self, passes: Sequence[Pass], ready: int) -> list[int]:
+        """Per pass, the chunk to start at when the stems are final below `ready`.
+
+        A sample x >= ready gets contributions only from chunks that end after x, so a pass
+        restarts at its first chunk that ends after `ready` (chunks end in order), rounded down
+        to a whole batch: the network then sees the very batches of an uninterrupted run, and
+        a batched backend's arithmetic cannot differ. Chunks before `ready` only add to samples
+        that are final already (the accumulators' sums for those come out incomplete, and the
+        combiner drops them)."""
+        starts = []
+        for p in passes:
+            first = next((c.index for c in p.chunks if c.out_stop > ready), len(p.chunks))
+            size = self.batch_size(p.member)
+            starts.append(first if first == len(p.chunks) else first // size * size)
+        return starts
 
     def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
                  cancel: threading.Event | None = None,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None,
+                 offsets: Sequence[int] | None = None) -> None:
         """Separate the (C, N) track `audio` (model rate) into `sink`, streaming.
+
+        Resumes where `sink` says the stems are final (`sink.ready_frames`, 0 for a fresh
+        sink): with the same audio, mean, std and shift `offsets` (see `draw_offsets`; None
+        draws them per the options) the stems come out bit for bit as in one uninterrupted
+        run (tests/engine/test_resume.py); see `resume_chunks` for why.
 
         The post stage (iSTFT, overlap-add, mixing, writing, progress) runs on this thread
         after each network call when the backend computes on the CPU: on a 2-core machine a
@@ -114,9 +182,10 @@ class Separator:
         run; at most one finished chunk waits for it. Until the first region is final, though,
         latency beats throughput: the listener is waiting for it, so its post stage runs here.
         """
-        passes = self.plan(audio.shape[-1])
-        finisher = _Finisher(self, passes, sink, mean, std, on_progress)
-        cursor = _Cursor(passes)
+        passes = self.plan(audio.shape[-1], offsets)
+        starts = self.resume_chunks(passes, sink.ready_frames)
+        finisher = _Finisher(self, passes, sink, mean, std, on_progress, starts)
+        cursor = _Cursor(passes, starts)
         scale = (np.float32(mean), np.float32(std + 1e-8))
         overlap_post = not any(b.host_bound for b in self.backends)
         with ThreadPoolExecutor(1, thread_name_prefix="demixer-post") as post:
@@ -128,7 +197,7 @@ class Separator:
                 if pending is not None:
                     pending.result()  # re-raises a post-stage error here
                 _check(cancel)  # the chunk just finished may have been the one that cancelled
-                if not overlap_post or sink.ready_frames == 0:
+                if not overlap_post or finisher.first_region:
                     finisher.finish(batch, raw)  # (nothing is pending: all so far ran here)
                 else:
                     pending = post.submit(finisher.finish, batch, raw)
@@ -170,6 +239,14 @@ class Separator:
         return self._to_audio(chunks, self._predict(backend, chunks, audio, scale))
 
 
+def _backend_identity(backend: Backend) -> dict[str, Any]:
+    """A backend's settings that change its arithmetic (torch's thread count can change the
+    order of its sums)."""
+    return {"name": backend.name, "precision": getattr(backend, "precision", None),
+            "device": str(getattr(backend, "device", "")), "batch": backend.max_batch,
+            "threads": torch.get_num_threads() if backend.host_bound else None}
+
+
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled()
@@ -178,9 +255,9 @@ def _check(cancel: threading.Event | None) -> None:
 class _Cursor:
     """Which chunks run next: always the pass whose next chunk starts earliest."""
 
-    def __init__(self, passes: Sequence[Pass]) -> None:
+    def __init__(self, passes: Sequence[Pass], starts: Sequence[int]) -> None:
         self.passes = list(passes)
-        self.next = [0] * len(self.passes)
+        self.next = list(starts)
 
     @property
     def done(self) -> bool:
@@ -201,24 +278,37 @@ class _Finisher:
     """The post stage: overlap-add, mix passes, write final regions, report progress."""
 
     def __init__(self, sep: Separator, passes: Sequence[Pass], sink: StemBuffers, mean: float,
-                 std: float, on_progress: Callable[[Progress], None] | None) -> None:
+                 std: float, on_progress: Callable[[Progress], None] | None,
+                 starts: Sequence[int]) -> None:
         self.sep = sep
         self.sink = sink
+        weight = triangle_weight(sep.segment)
         self.accs = [PassAccumulator(p, len(sep.sources), sep.shapes.channels, sep.segment,
-                                     triangle_weight(sep.segment)) for p in passes]
+                                     weight, first) for p, first in zip(passes, starts,
+                                                                        strict=True)]
+        # A batch of b chunks moves its pass's frontier up to b strides past the final mark
+        # (the cursor always advances the pass furthest behind), so b segments always hold it.
+        batch = max(sep.batch_size(m) for m in range(len(sep.backends)))
         self.combiner = Combiner(passes, sep.options.shifts, sep.weights, sink,
-                                 capacity=sep.segment, mean=mean, std=std + 1e-8)
+                                 capacity=sep.segment * batch, mean=mean, std=std + 1e-8,
+                                 finalized=sink.ready_frames)
         self.on_progress = on_progress
         self.total = sum(len(p.chunks) for p in passes)
-        self.done = 0
+        self.resumed = self.done = sum(starts)
+        self.resumed_at = sink.ready_frames
         self.t0 = time.monotonic()
+
+    @property
+    def first_region(self) -> bool:
+        """True until this run has made a region final (the listener is waiting for it)."""
+        return self.sink.ready_frames == self.resumed_at
 
     def finish(self, chunks: list[Chunk], raw: tuple[np.ndarray, np.ndarray]) -> None:
         for chunk, out in zip(chunks, self.sep._to_audio(chunks, raw), strict=True):
             start, region = self.accs[chunk.pass_index].add(chunk, out)
             self.combiner.add(chunk.pass_index, start, region)
-        self.sink.ready_frames = self.combiner.finalize(min(a.frontier for a in self.accs))
+        self.sink.set_ready(self.combiner.finalize(min(a.frontier for a in self.accs)))
         self.done += len(chunks)
         if self.on_progress is not None:
             self.on_progress(Progress(self.done, self.total, self.sink.ready_frames,
-                                      time.monotonic() - self.t0))
+                                      time.monotonic() - self.t0, self.resumed))

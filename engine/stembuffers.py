@@ -4,6 +4,13 @@ One raw float32 file per stem, frames interleaved (N, C), plus `stems.json`. Wri
 use positional I/O (`os.pwrite`/`os.preadv`) instead of memory maps, so the process's resident
 memory stays flat however long the song is: mapped file pages would count towards RSS.
 
+Resumable runs: after `begin(record)`, `set_ready` checkpoints now and then (at most every
+`CHECKPOINT_EVERY_S`, and at the end): the stems' data is fsynced first, then `stems.json`
+is replaced atomically with `ready_frames` and the record (what a resume must reproduce), so
+after a kill or a power loss the index never claims more than what is on disk.
+`StemBuffers.resume(folder)` reopens such a folder for writing from its `ready_frames` on;
+`read_index(folder)` reads the index without opening anything.
+
 NB: threads. The separator thread is the only writer; it writes a region, then raises
 `ready_frames` (a plain int; CPython makes the store atomic). Readers on other threads (player
 feeder, GUI) only read below `ready_frames`, a region that is never written again.
@@ -13,29 +20,56 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from engine.atomicio import write_text_atomic
+
 INDEX = "stems.json"
+CHECKPOINT_EVERY_S = 1.0  # fsync + index at most this often while separating
+
+
+def read_index(directory: Path) -> dict[str, Any] | None:
+    """The folder's `stems.json` as a dict, or None if absent, unreadable or not an object."""
+    try:
+        info = json.loads((Path(directory) / INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
 
 
 class StemBuffers:
     def __init__(self, directory: Path, sources: Sequence[str], channels: int, frames: int,
-                 samplerate: int, *, create: bool = True) -> None:
+                 samplerate: int, *, create: bool = True, writable: bool | None = None,
+                 ready_frames: int | None = None) -> None:
+        """`create` makes empty stems (truncating any); else the files are opened as they
+        are, read-only unless `writable` (a resume)."""
         self.directory = Path(directory)
         self.sources = list(sources)
         self.channels = channels
         self.frames = frames
         self.samplerate = samplerate
-        self.ready_frames = frames if not create else 0
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC if create else os.O_RDONLY
+        self.ready_frames = (0 if create else frames) if ready_frames is None else ready_frames
+        self.record: dict[str, Any] | None = None  # set by begin(): makes checkpoints
+        self._last_checkpoint = 0.0
+        writable = create if writable is None else writable
+        flags = (os.O_RDWR | os.O_CREAT | os.O_TRUNC if create else
+                 os.O_RDWR if writable else os.O_RDONLY)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._fds = [os.open(self.path(s), flags, 0o644) for s in self.sources]
-        if create:
-            for fd in self._fds:
-                os.ftruncate(fd, frames * channels * 4)
+        self._fds: list[int] = []
+        try:
+            for s in self.sources:
+                self._fds.append(os.open(self.path(s), flags, 0o644))
+            if create:
+                for fd in self._fds:
+                    os.ftruncate(fd, frames * channels * 4)
+        except BaseException:
+            self.close()
+            raise
 
     def path(self, stem: str) -> Path:
         return self.directory / f"{stem}.f32"
@@ -69,18 +103,69 @@ class StemBuffers:
         return StemView(self, self.index(stem))
 
     def save_index(self, complete: bool, extra: dict | None = None) -> None:
-        info = dict(sources=self.sources, channels=self.channels, frames=self.frames,
-                    samplerate=self.samplerate, complete=complete, **(extra or {}))
-        tmp = self.directory / (INDEX + ".tmp")
-        tmp.write_text(json.dumps(info, indent=1))
-        os.replace(tmp, self.directory / INDEX)
+        """Fsync the stems, then write `stems.json` atomically (engine.atomicio)."""
+        self.sync()
+        info: dict[str, Any] = dict(
+            sources=self.sources, channels=self.channels, frames=self.frames,
+            samplerate=self.samplerate, complete=complete,
+            ready_frames=self.frames if complete else self.ready_frames)
+        if self.record is not None:
+            info["resume"] = self.record
+        info.update(extra or {})
+        write_text_atomic(self.directory / INDEX, json.dumps(info, indent=1))
+
+    def sync(self) -> None:
+        """Flush the stems' data to disk (before an index may claim it)."""
+        for fd in self._fds:
+            os.fsync(fd)
+
+    def begin(self, record: dict[str, Any]) -> None:
+        """Make this a resumable run: `record` (JSON-able) goes into every checkpoint."""
+        self.record = record
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Record `ready_frames` durably (see module docstring); a no-op without `begin`."""
+        if self.record is None:
+            return
+        self.save_index(complete=False)
+        self._last_checkpoint = time.monotonic()
+
+    def set_ready(self, frames: int) -> None:
+        """Raise `ready_frames` (the separator's thread, after writing everything below it);
+        checkpoint if one is due."""
+        self.ready_frames = frames
+        due = time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S
+        if self.record is not None and (due or frames == self.frames):
+            self.checkpoint()
 
     @classmethod
     def open(cls, directory: Path) -> StemBuffers:
-        """Reopen finished stems (e.g. from the library), read-only."""
+        """Reopen stems (e.g. from the library), read-only; a partial run's stems are
+        readable below their recorded `ready_frames`."""
         info = json.loads((Path(directory) / INDEX).read_text())
+        ready = None if info.get("complete", True) else int(info.get("ready_frames", 0))
         return cls(Path(directory), info["sources"], info["channels"], info["frames"],
-                   info["samplerate"], create=False)
+                   info["samplerate"], create=False, ready_frames=ready)
+
+    @classmethod
+    def resume(cls, directory: Path) -> StemBuffers:
+        """Reopen a checkpointed partial run for writing from its `ready_frames` on.
+
+        Raises ValueError if the index is missing or does not match the files on disk."""
+        info = read_index(directory)
+        if info is None or "resume" not in info:
+            raise ValueError(f"{directory} holds no resumable stems")
+        expected = int(info["frames"]) * int(info["channels"]) * 4
+        for stem in info["sources"]:
+            path = Path(directory) / f"{stem}.f32"
+            if not path.is_file() or path.stat().st_size != expected:
+                raise ValueError(f"{path} is missing or of the wrong size")
+        stems = cls(Path(directory), info["sources"], int(info["channels"]),
+                    int(info["frames"]), int(info["samplerate"]), create=False, writable=True,
+                    ready_frames=int(info["ready_frames"]))
+        stems.record = info["resume"]
+        return stems
 
     def close(self) -> None:
         for fd in self._fds:

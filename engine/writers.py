@@ -14,14 +14,17 @@ truncates, a difference of at most one LSB.) MP3s get a LAME tag, so they decode
 exactly the frames written.
 
 Writes are atomic: a hidden temp file in the target folder (`.{name}.partial-XXXXXXXX`) is
-renamed over the target at the end, and removed on any error or cancel, so a stem file is
-either the old one or the complete new one, never half of it.
+fsynced and moved onto the target at the end (`engine.atomicio.commit_all`), and removed on
+any error or cancel, so a stem file is either the old one or the complete new one, never half
+of it. `stage_audio` stops before the move, so a set of stems can be swapped in together.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import shutil
 import struct
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,6 +36,7 @@ import lameenc
 import numpy as np
 import soundfile as sf
 
+from engine.atomicio import Staged, commit_all, discard_temps, fsync_path
 from engine.errors import Cancelled, DemixerError, OutputExistsError
 from engine.resample import StreamResampler, resampled_length
 
@@ -426,6 +430,30 @@ def write_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
     `path` is untouched and no temp file remains. Returns `path`.
     """
     path = Path(path)
+    temp = stage_audio(path, parts, rate_in, rate_out=rate_out, frames_out=frames_out, fmt=fmt,
+                       gains=gains, overwrite=overwrite, cancel=cancel)
+    staged = [Staged.of(path, temp)]
+    try:
+        commit_all(staged, overwrite)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} exists already: pass --overwrite to replace it.") \
+            from None
+    except OSError as err:
+        raise DemixerError(f"{path} cannot be written ({io_reason(err, path)}).") from None
+    finally:
+        discard_temps(staged)
+    return path
+
+
+def stage_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
+                rate_out: int | None = None, frames_out: int | None = None,
+                fmt: OutputFormat = OutputFormat(), gains: Sequence[float] | None = None,
+                overwrite: bool = False, cancel: threading.Event | None = None) -> Path:
+    """`write_audio`'s first half: the complete file, fsynced, in a hidden temporary beside
+    `path` (returned); `path` itself is not touched. The caller places it
+    (`engine.atomicio.commit_all`) or removes it. Same arguments and errors as `write_audio`;
+    on an error no temporary remains."""
+    path = Path(path)
     rate_out = rate_out or rate_in
     fmt.validate(rate_out)
     gains = _check_parts(parts, gains, path, fmt)
@@ -436,15 +464,34 @@ def write_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
         raise OutputExistsError(f"{path} exists already: pass --overwrite to replace it.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomically(path, signal, fmt, overwrite, cancel)
+        return _write_temp(path, signal, fmt, cancel)
     except (OSError, sf.SoundFileError) as err:
-        reason = getattr(err, "strerror", None) or str(err)
-        raise DemixerError(f"{path} cannot be written ({reason}).") from None
-    return path
+        raise DemixerError(f"{path} cannot be written ({io_reason(err, path)}).") from None
 
 
-def _write_atomically(path: Path, signal: _Signal, fmt: OutputFormat, overwrite: bool,
-                      cancel: threading.Event | None) -> None:
+def io_reason(err: BaseException, path: Path) -> str:
+    """Why writing `path` failed, in words: libsndfile says only "System error." for a full
+    disk, so the free space of the folder decides that case."""
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC or _disk_nearly_full(path.parent):
+        return "the disk is full"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if code == errno.EROFS:
+        return "the disk is read-only"
+    reason = getattr(err, "strerror", None) or str(err)
+    return reason.rstrip(".")
+
+
+def _disk_nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _write_temp(path: Path, signal: _Signal, fmt: OutputFormat,
+                cancel: threading.Event | None) -> Path:
     divisor = np.float32(1.0)
     if fmt.clip_mode == "rescale":  # a first pass for the peak, as the whole song is not in RAM
         divisor = rescale_divisor(_peak(signal.blocks(cancel, path)))
@@ -457,8 +504,8 @@ def _write_atomically(path: Path, signal: _Signal, fmt: OutputFormat, overwrite:
             encoder.finish()
         finally:
             encoder.close()
-        if path.exists() and not overwrite:  # it appeared while we were writing
-            raise OutputExistsError(f"{path} exists already: pass --overwrite to replace it.")
-        os.replace(tmp, path)
-    finally:
+        fsync_path(tmp)
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    return tmp

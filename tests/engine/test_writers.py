@@ -276,7 +276,7 @@ def test_failure_while_writing_leaves_nothing(tmp_path: Path,
     path = tmp_path / "drums.wav"
     with pytest.raises(DemixerError) as info:
         write_audio(path, [sine_mix(3.0, RATE)], RATE)
-    assert str(info.value) == f"{path} cannot be written (No space left on device)."
+    assert str(info.value) == f"{path} cannot be written (the disk is full)."
     assert list(tmp_path.iterdir()) == []
 
 
