@@ -8,6 +8,7 @@ One folder per song under `engine.store.data_dir() / "library"`:
     running.lock held (flock) by the process whose separation writes into the folder
 An entry is `complete` once separation finished. What the start-up `tidy()` does with the
 rest (finished stems are never deleted without the person saying so):
+  - the temporary folders of jobs that are gone (`engine.partial.clean_stale`): removed;
   - an incomplete entry whose stems are complete (a crash between the two writes): completed;
   - an incomplete entry whose stems hold a resumable checkpoint: listed as interrupted;
   - an incomplete entry without one (nothing can be resumed): removed;
@@ -35,6 +36,7 @@ import numpy as np
 from app.filelock import FileLock, held_elsewhere
 from app.track import ORIGINAL, TrackAudio, make_lanes
 from engine.atomicio import write_text_atomic
+from engine.partial import clean_stale, inspect
 from engine.stembuffers import INDEX, StemBuffers, read_track_window
 from engine.store import data_dir
 
@@ -217,16 +219,15 @@ def finished_stems(stems_dir: Path) -> dict[str, Any] | None:
 
 
 def resumable_fraction(stems_dir: Path) -> float | None:
-    """How far an interrupted run's checkpoint got (0..1), or None if it cannot resume."""
-    info = stems_index(stems_dir)
-    if info is None or info.get("complete") is not False or "resume" not in info:
+    """How far an interrupted run's checkpoint got (0..1), or None if it cannot resume.
+    A checkpoint whose song file is not there now is kept (a disk that is not plugged in);
+    one whose song changed is not (`engine.partial.inspect`)."""
+    state = inspect(stems_dir)
+    if state.complete or state.frames == 0:
         return None
-    if not _stem_files_whole(stems_dir, info):
-        return None
-    try:
-        return max(0.0, min(1.0, int(info["ready_frames"]) / max(1, int(info["frames"]))))
-    except (KeyError, TypeError, ValueError):
-        return None
+    if state.resumable or (state.source is not None and not state.source.exists()):
+        return state.fraction
+    return None
 
 
 def _slug(text: str) -> str:
@@ -330,6 +331,10 @@ class Library:
         """At start-up: finish, rebuild, list or remove what earlier runs left (module
         docstring). Folders another process is separating into are left alone."""
         found = Tidied()
+        try:  # the decoded tracks of jobs a crash or kill stopped (hundreds of MB each)
+            found.removed += clean_stale()
+        except OSError:
+            pass
         for folder in sorted(self.root.iterdir()):
             if not folder.is_dir() or in_use(folder):
                 continue

@@ -124,7 +124,7 @@ class SeparationService(QObject):
 
     def _from_reader(self, message: Message) -> None:
         """On the reader thread: raise the ready mark at once, then queue to the GUI."""
-        if message[0] == "event" and message[2].kind == "ready":
+        if message[0] == "event" and message[2].kind in ("ready", "resumed"):
             with self._lock:
                 live = self._live.get(message[1])
             if live is not None:

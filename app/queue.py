@@ -58,6 +58,7 @@ class QueueItem:
     started: float = 0.0  # time.monotonic() when its job started
     seconds: float = 0.0  # how long the separation took
     resume: bool = False  # continue the entry's checkpointed stems instead of starting over
+    resumed_at: float = 0.0  # the fraction a resumed run started from
     id: int = field(default_factory=lambda: next(_ids))
 
     def status_text(self) -> str:
@@ -76,6 +77,8 @@ class QueueItem:
             return f"Done in {format_eta(self.seconds)}"
         if self.state == State.INTERRUPTED:
             return f"Interrupted at {self.fraction:.0%}"
+        if self.state == State.CANCELLED and self.resume:
+            return f"Cancelled at {self.fraction:.0%}"
         return self.state.value.capitalize()
 
 
@@ -133,9 +136,11 @@ class SeparationQueue(QObject):
             self.service.cancel_job(item.id)  # the job's "cancelled" event finishes the item
 
     def retry(self, item: QueueItem) -> None:
+        """Run a failed or cancelled item again: from its checkpoint if it left one."""
         if item.state in (State.FAILED, State.CANCELLED):
-            item.resume = False
-            item.fraction, item.eta_s, item.message, item.stage = 0.0, None, "", ""
+            if not item.resume:
+                item.fraction = 0.0
+            item.eta_s, item.message, item.stage = None, "", ""
             item.cancelling, item.info, item.live = False, None, None
             self._set(item, State.QUEUED)
             self._pump()
@@ -161,10 +166,10 @@ class SeparationQueue(QObject):
             self._pump()
 
     def remove(self, item: QueueItem) -> None:
-        """Take `item` off the queue; an interrupted one's partial stems go too."""
+        """Take `item` off the queue; unfinished stems it kept for a resume go too."""
         if item.state in ACTIVE:
             self.cancel(item)
-        if item.state == State.INTERRUPTED and item.entry is not None:
+        if item.state != State.DONE and item.state not in ACTIVE and item.entry is not None:
             self.library.delete(item.entry)
             item.entry = None
         if item in self.items:
@@ -244,7 +249,7 @@ class SeparationQueue(QObject):
                                              f"be written ({err.strerror or err}).")
             return
         item.entry = entry
-        item.started = time.monotonic()
+        item.started, item.resumed_at = time.monotonic(), 0.0
         self._set(item, State.SEPARATING, "")
         item.live = self.service.separate(item.id, item.path, item.key, entry.stems_dir,
                                          entry.mix_dir)
@@ -256,7 +261,7 @@ class SeparationQueue(QObject):
             self._finish(item, State.FAILED, f"{entry.folder} is in use by another Demixer.",
                          discard=False)
             return
-        item.started = time.monotonic()
+        item.started, item.resumed_at = time.monotonic(), 0.0
         self._set(item, State.SEPARATING, "")
         item.live = self.service.separate(item.id, item.path, item.key, entry.stems_dir,
                                          entry.mix_dir, resume=True)
@@ -295,19 +300,32 @@ class SeparationQueue(QObject):
             return
         if event.kind in ("stage", "progress"):
             item.stage = event.stage or item.stage
-            item.fraction = event.fraction if event.kind == "progress" else 0.0
+            item.fraction = event.fraction if event.kind == "progress" else (
+                item.resumed_at if event.stage == "separating" else 0.0)
             item.eta_s = event.eta_s
             self.changed.emit(item)
             if event.kind == "stage" and event.stage == "separating":
                 self.trackStarted.emit(item)
+        elif event.kind == "resumed":
+            item.fraction = item.resumed_at = event.fraction
+            self.changed.emit(item)
         elif event.kind == "done":
             self._complete(item)
         elif event.kind == "failed":
-            self._finish(item, State.FAILED, event.message)
+            self._finish(item, State.FAILED, event.message, discard=not self._keeps(item))
         elif event.kind == "cancelled":
-            self._finish(item, State.CANCELLED, "")
+            self._finish(item, State.CANCELLED, "", discard=not self._keeps(item))
         if event.kind in ("done", "failed", "cancelled"):
             item.live = None
+
+    def _keeps(self, item: QueueItem) -> bool:
+        """After a cancel or failure: whether the job left a checkpoint to resume (then
+        Retry resumes it; removing the item or quitting discards it)."""
+        fraction = resumable_fraction(item.entry.stems_dir) if item.entry else None
+        if fraction is None:
+            return False
+        item.fraction = fraction
+        return True
 
     def _complete(self, item: QueueItem) -> None:
         entry = item.entry
@@ -327,12 +345,14 @@ class SeparationQueue(QObject):
 
     def _finish(self, item: QueueItem, state: State, message: str,
                 discard: bool = True) -> None:
+        """End `item`'s run; unless DONE, its library folder goes too, or (not `discard`)
+        stays for a resume."""
         if item.entry is not None:
             self.library.release(item.entry)
         if state != State.DONE and item.entry is not None and discard:
             self.library.delete(item.entry)
             item.entry = None
-        item.resume = False
+        item.resume = state != State.DONE and item.entry is not None
         self._set(item, state, message)
         if self.current is item:
             self.current = None
@@ -356,10 +376,14 @@ class SeparationQueue(QObject):
 
     def suspend(self) -> None:
         """At quit: a running separation becomes interrupted, its stems stay on disk to
-        resume at the next start (the worker is stopped separately, then `release_all`)."""
+        resume at the next start (the worker is stopped separately, then `release_all`), as
+        do those a failure left resumable; what the person cancelled goes."""
         for item in self.items:
             if item.state in ACTIVE:
                 self._set(item, State.INTERRUPTED if item.entry is not None else State.QUEUED)
+            elif item.state == State.CANCELLED and item.entry is not None:
+                self.library.delete(item.entry)
+                item.entry = None
         self.current = None
 
     def release_all(self) -> None:

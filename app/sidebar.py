@@ -99,6 +99,7 @@ class QueueRow(QWidget):
             self.bar.setValue(int(1000 * item.fraction) if item.stage == "separating" else 0)
         self.cancel.setVisible(running or item.state == State.QUEUED)
         self.retry.setVisible(item.state in (State.FAILED, State.CANCELLED))
+        self.retry.setToolTip(f"Resume from {item.fraction:.0%}" if item.resume else "Retry")
         self.resume.setVisible(item.state == State.INTERRUPTED)
         self.remove.setVisible(not running)
         if item.state == State.INTERRUPTED:

@@ -10,8 +10,9 @@ wait for it. The stems still stream: the child writes them into the library fold
 new ready mark; the GUI process reads only below that mark, with its own file descriptors.
 
 Protocol over one duplex `multiprocessing` pipe (messages are tuples of picklable values):
-  parent -> child: ("prepare", key) | ("separate", job_id, path, key, stems_dir, mix_dir)
-                   | ("cancel", job_id) | ("quit",)
+  parent -> child: ("prepare", key)
+                   | ("separate", job_id, path, key, stems_dir, mix_dir, resume)
+                   | ("cancel", job_id) | ("quit",)   (both keep the finished chunks)
   child -> parent: ("model", kind, key, payload)   progress|convert|loaded|failed|cancelled
                    ("track", job_id, info)         stems exist: frames, rates, sources
                    ("event", job_id, JobEvent)     the job's events, as engine.job sends them
@@ -108,7 +109,9 @@ class _Child:
         except (DemixerError, OSError, RuntimeError, MemoryError) as err:
             self.send(("event", job_id, JobEvent("failed", message=str(err))))
             return
-        job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir))
+        # the stems go straight into the library folder, checkpointed: a quit, crash or
+        # cancel leaves them resumable; `resume` continues such a checkpoint (engine.job)
+        job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir), resume=resume)
         ended: list[str] = []
 
         def on_event(event: Any) -> None:
