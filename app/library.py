@@ -5,7 +5,8 @@ One folder per song under `engine.store.data_dir() / "library"`:
     stems/       the raw stems (`engine.stembuffers` layout, with its stems.json)
     mix/         the original mix at 44.1 kHz, same layout (the track view's last lane)
     peaks.npz    the waveform peaks of every lane (optional; rebuilt if missing)
-    running.lock held (flock) by the process whose separation writes into the folder
+    running.lock held (flock) by the app whose separation writes into the folder, and
+    worker.lock  by its worker process (a worker outlives a killed app by a chunk or so)
 An entry is `complete` once separation finished. What the start-up `tidy()` does with the
 rest (finished stems are never deleted without the person saying so):
   - the temporary folders of jobs that are gone (`engine.partial.clean_stale`): removed;
@@ -41,7 +42,8 @@ from engine.stembuffers import INDEX, StemBuffers, read_track_window
 from engine.store import data_dir
 
 ENTRY = "entry.json"
-LOCK = "running.lock"
+LOCK = "running.lock"  # held by the app whose separation writes into the folder
+WORKER_LOCK = "worker.lock"  # held by its worker process while the job runs
 NEW_PREFIX = ".new-"  # a folder being created (renamed into place with its entry.json)
 DELETED_PREFIX = ".deleted-"  # a folder being deleted (its stems go on a daemon thread)
 COPY_BLOCK = 1 << 18
@@ -235,7 +237,13 @@ def _slug(text: str) -> str:
 
 
 def in_use(folder: Path) -> bool:
-    """Whether a separation (in another process or window) writes into `folder` now."""
+    """Whether a separation (of another app, or another window) writes into `folder` now,
+    or a worker is still finishing there."""
+    return held_elsewhere(folder / LOCK) or held_elsewhere(folder / WORKER_LOCK)
+
+
+def app_running_in(folder: Path) -> bool:
+    """Whether a live app holds `folder` (not just a worker that outlived its app)."""
     return held_elsewhere(folder / LOCK)
 
 
@@ -336,7 +344,9 @@ class Library:
         except OSError:
             pass
         for folder in sorted(self.root.iterdir()):
-            if not folder.is_dir() or in_use(folder):
+            # a worker whose app died may still be cancelling into its folder: that is an
+            # interrupted separation all the same (a resume waits for the worker's lock)
+            if not folder.is_dir() or app_running_in(folder):
                 continue
             if folder.name.startswith((DELETED_PREFIX, NEW_PREFIX)):
                 # a delete cut short, or a folder never given its entry: nothing to keep
@@ -364,7 +374,7 @@ class Library:
             found.rebuilt.append(entry)
         elif resumable_fraction(entry.stems_dir) is not None:
             found.interrupted.append(entry)
-        else:
+        elif not in_use(folder):  # (a worker still stopping there: next time)
             shutil.rmtree(folder, ignore_errors=True)
             found.removed.append(folder)
 

@@ -65,6 +65,9 @@ TICK_MS = 33  # the GUI's poll of the mixer, the peaks and the ready mark (~30 H
 # behind a busy worker could wait 75 ms. Half a millisecond keeps that under 10 ms.
 SWITCH_INTERVAL_S = 0.0005
 SEEK_S = 5.0
+# How long a quit waits for the worker to finish its chunk and checkpoint (a real-model
+# chunk takes seconds on a busy CPU; the niced worker gets the CPU last): else terminated.
+STOP_WAIT_S = 30.0
 FINE_SEEK_S = 1.0
 
 
@@ -296,6 +299,10 @@ class MainWindow(QMainWindow):
             self.settings.add_recent(Path(path).expanduser().resolve())
         key, two_stems = self.model_key(), self.two_stems_box.isChecked()
         files = [Path(os.path.abspath(p)) for p in find_audio_files(paths)]
+        if not files:
+            names = ", ".join(Path(p).name for p in paths)
+            self.statusBar().showMessage(f"No audio files in {names}.", 8000)
+            return []
         known = {f: e for f in files if (e := self.library.find(f, key.name, two_stems))}
         items = self.queue.add([f for f in files if f not in known], key, two_stems)
         if items:
@@ -753,20 +760,21 @@ class MainWindow(QMainWindow):
         self.settings.set_window_state("state", self.saveState())
         self.settings.set_window_state("splitter", self.splitter.saveState())
         self.settings.sync()
-        self.shutdown()
+        self.hide()  # gone at once for the person; the worker may take a chunk to stop
+        self.shutdown(STOP_WAIT_S)
         super().closeEvent(event)
 
     def confirm_quit(self) -> bool:
         """Quitting while songs separate or wait asks first; True to go ahead."""
         if self._force_quit or not self.queue.busy:
             return True
-        running = next((i for i in self.queue.items if i.state in (State.PREPARING,
-                                                                   State.SEPARATING)), None)
-        waiting = sum(i.state == State.QUEUED for i in self.queue.items)
+        running = next((i for i in self.queue.items if i.state == State.SEPARATING), None)
+        waiting = sum(i.state in (State.QUEUED, State.PREPARING) for i in self.queue.items)
         text = ""
         if running is not None:
-            text = (f"“{running.path.name}” is being separated ({running.fraction:.0%}). If "
-                    "you quit now, it resumes where it stopped when you open Demixer again.")
+            done = f" ({running.fraction:.0%} done)" if running.stage == "separating" else ""
+            text = (f"“{running.path.name}” is being separated{done}. If you quit now, it "
+                    "resumes where it stopped when you open Demixer again.")
         if waiting:
             text += (f"{' ' if text else ''}{waiting} song(s) waiting in the queue will need "
                      "to be added again.")
@@ -782,12 +790,13 @@ class MainWindow(QMainWindow):
             return
         self.close()
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait_s: float = 5.0) -> None:
         """Stop everything this window started (threads, stream, jobs). A running
-        separation is left resumable (its stems stay in the library folder)."""
+        separation is left resumable (its stems stay in the library folder); its worker
+        gets `wait_s` seconds to finish the chunk it is on."""
         self.timer.stop()
         self.queue.suspend()
-        self.service.close()  # the worker stops its job (keeping its checkpoint) and exits
+        self.service.close(wait_s)  # the worker stops its job (keeping its checkpoint)
         self.queue.release_all()
         self.exporter.cancel()
         self.output.close()

@@ -117,8 +117,10 @@ class SeparationService(QObject):
     def cancel_job(self, job_id: int) -> None:
         self.client.send(("cancel", job_id))
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker (its job keeps its finished chunks); after `timeout` seconds it
+        is terminated (the last checkpoint on disk still holds)."""
+        self.client.close(timeout)
 
     # --- messages ------------------------------------------------------------------------
 

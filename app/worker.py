@@ -24,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -50,10 +51,16 @@ class _Child:
         self.cached: tuple[Any, Any] | None = None  # (ModelKey, Separator)
         self.pending: list[Message] = []
         self.quitting = False
+        self.parent_gone = False  # the app died (a crash, kill -9): nobody reads any more
 
     def send(self, message: Message) -> None:
         with self.send_lock:  # NB: the job thread and the main thread both send
-            self.conn.send(message)
+            if self.parent_gone:
+                return
+            try:
+                self.conn.send(message)
+            except OSError:  # e.g. BrokenPipeError: the job must not die of it mid-chunk
+                self.parent_gone = True
 
     def run(self) -> None:
         while not self.quitting:
@@ -112,6 +119,7 @@ class _Child:
         # the stems go straight into the library folder, checkpointed: a quit, crash or
         # cancel leaves them resumable; `resume` continues such a checkpoint (engine.job)
         job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir), resume=resume)
+        job.job_id = job_id  # type: ignore[attr-defined]
         ended: list[str] = []
 
         def on_event(event: Any) -> None:
@@ -120,18 +128,34 @@ class _Child:
             self.on_event(job, job_id, key.name, Path(mix_dir), event)
 
         job.on_event = on_event
-        thread = job.start()
-        while thread.is_alive():
-            if self.conn.poll(POLL_S):
-                self.during_job(self.conn.recv(), job, job_id)
-        thread.join()
+        try:
+            with WorkerLock(Path(stems_dir).parent):
+                self.run_job(job)
+        except BlockingIOError:
+            ended.append("failed")
+            self.send(("event", job_id, JobEvent("failed", message=(
+                f"{Path(path).name}: its library folder is still in use by a Demixer that "
+                "is stopping; try again in a moment."))))
         if not ended:  # the job died of an error it does not name: never leave it running
             why = f"{Path(path).name}: the separation stopped on an unexpected error."
             self.send(("event", job_id, JobEvent("failed", message=why)))
 
-    def during_job(self, message: Message, job: Any, job_id: int) -> None:
+    def run_job(self, job: Any) -> None:
+        """Run `job`, serving messages meanwhile. If the app goes away (a crash, kill -9:
+        the pipe ends), cancel it, which keeps its finished chunks for the next start."""
+        thread = job.start()
+        try:
+            while thread.is_alive():
+                if self.conn.poll(POLL_S):
+                    self.during_job(self.conn.recv(), job)
+        except (EOFError, OSError):
+            self.parent_gone = self.quitting = True
+            job.cancel()
+        job.finished.wait()
+
+    def during_job(self, message: Message, job: Any) -> None:
         if message[0] == "cancel":
-            if message[1] == job_id:
+            if message[1] == job.job_id:
                 job.cancel()
         elif message[0] == "quit":
             job.cancel()
@@ -162,6 +186,36 @@ def keep_mix(job: Any, model: str, mix_dir: Path) -> dict[str, Any]:
     return dict(frames=int(track.audio.shape[-1]), samplerate=track.samplerate,
                 source_rate=track.source_rate, source_frames=track.source_frames,
                 sources=list(job.stems.sources), channels=job.stems.channels)
+
+
+class WorkerLock:
+    """The worker's own lock on a library folder while its job writes there (the app holds
+    another, `app.library.LOCK`). A worker whose app died finishes its cancel under it, so a
+    new app's resume waits for it instead of writing beside it."""
+
+    WAIT_S = 30.0
+
+    def __init__(self, folder: Path) -> None:
+        from app.library import WORKER_LOCK
+
+        self.path = folder / WORKER_LOCK
+        self.lock: Any = None
+
+    def __enter__(self) -> WorkerLock:
+        from app.filelock import FileLock
+
+        deadline = time.monotonic() + self.WAIT_S
+        while self.lock is None:
+            try:
+                self.lock = FileLock(self.path)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 class _EventAdapter:

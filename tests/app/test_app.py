@@ -181,6 +181,9 @@ def test_remove_takes_a_finished_item_off_the_queue(window, model_repo, tmp_path
     row = window.queue_view.row_for(item)
     qtbot.mouseClick(row.remove, Qt.MouseButton.LeftButton)
     assert window.queue.items == [] and window.queue_view.count() == 0
+    (tmp_path / "nothing here").mkdir()
+    assert window.open_paths([tmp_path / "nothing here"]) == []  # said, not silently ignored
+    assert window.statusBar().currentMessage() == "No audio files in nothing here."
 
 
 def test_the_highlighted_rows_are_the_song_shown(make_window, model_repo, song, tmp_path,  # type: ignore[no-untyped-def]
