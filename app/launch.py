@@ -24,8 +24,17 @@ def launch(files: list[str]) -> int:
 
         return check_display_main()
     from app.instance import claim, hand_off
+    from engine.errors import DemixerError
 
-    lock = claim()
+    try:
+        lock = claim()
+    except OSError as err:  # DEMIXER_HOME read-only, a file, on a disk that is gone...
+        _say(f"the data folder {err.filename or ''} cannot be used ({err.strerror or err}); "
+             "set DEMIXER_HOME to a folder you can write to.")
+        return 1
+    except DemixerError as err:
+        _say(str(err))
+        return 1
     if lock is None:
         problem = hand_off(files)
         if problem is not None:

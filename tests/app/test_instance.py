@@ -74,3 +74,14 @@ def test_a_second_demixer_hands_its_files_to_the_open_window(app_env, song, apps
     _wait_separated(home, [song, other], apps[1])
     apps[1].send_signal(signal.SIGTERM)  # nothing runs now: it quits without asking
     assert apps[1].wait(30) == 0
+
+
+def test_an_unusable_data_folder_is_one_sentence(app_env, song, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a file").write_text("not a folder")
+    env = dict(app_env, DEMIXER_HOME=str(tmp_path / "a file" / "home"))
+    run = subprocess.run([sys.executable, "-m", "app", str(song)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    assert run.stderr == (f"demixer: the data folder {tmp_path / 'a file' / 'home'} cannot be "
+                          "used (Not a directory); set DEMIXER_HOME to a folder you can write "
+                          "to.\n")
