@@ -131,14 +131,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
         return _open_app(argv)
     args = build_parser().parse_args(argv)
-    if args.command == "separate":
-        from engine.cli_separate import run_separate
-
-        return run_separate(args)
     try:
+        if args.command == "separate":
+            from engine.cli_separate import run_separate
+
+            return run_separate(args)
         return int(args.func(args))
     except DemixerError as err:
-        print(f"demixer: {err}", file=sys.stderr)
+        print(f"demixer: {printable(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("demixer: interrupted.", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug or a library's surprise: one line, the rest in the log
+        from engine.logfile import unexpected_message
+
+        print(printable(unexpected_message(f"demixer {args.command}", err)), file=sys.stderr)
         return 1
 
 

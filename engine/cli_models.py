@@ -1,4 +1,6 @@
-"""`demixer models list|convert|verify|clear` and `demixer doctor`.
+"""`demixer models list|download|convert|verify|clear` and `demixer doctor`.
+
+`demixer models` alone prints its help and exits 0.
 
 Each command is a `func(args) -> exit code` set on its subparser; `engine.cli` registers them
 with `add_models_commands(sub)` and `add_doctor_command(sub)`. Exit codes: 0 done, 1 a
@@ -45,6 +47,10 @@ def add_models_commands(sub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("list", help="the catalogue: what is downloaded, what is converted")
     p.set_defaults(func=run_list)
 
+    p = msub.add_parser("download", help="download and verify models now (for offline use)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="catalogue model names")
+    p.set_defaults(func=run_download)
+
     p = msub.add_parser("convert", help="convert a model to CoreML now (cached)")
     p.add_argument("name", help="model name, e.g. htdemucs_6s")
     p.add_argument("--repo", type=Path, help="a demucs-style folder of checkpoints to use")
@@ -74,7 +80,11 @@ def add_doctor_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _download_column(name: str) -> str:
-    from engine.store import model_status
+    from engine.store import ENV_MODEL_REPO, env_repo, local_repo_files, model_status
+
+    repo = env_repo()
+    if repo is not None and local_repo_files(name, repo):
+        return f"yes (from ${ENV_MODEL_REPO})"
 
     status = model_status(name)
     present = [c for c in status.checkpoints if c.present]
@@ -114,6 +124,22 @@ def run_list(args: argparse.Namespace) -> int:
     total = sum(e.bytes for e in entries)
     print(f"* default. Checkpoints in {checkpoints_dir()}; CoreML packages in {cache_root()} "
           f"({len(entries)}, {_mb(total)}).")
+    return 0
+
+
+# --- models download ----------------------------------------------------------------------
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from engine.store import download_model
+
+    for name in args.names:
+        get_entry(name)  # an unknown name: one sentence before any download
+    for name in args.names:
+        resolved = download_model(name, progress=download_printer())
+        done = "downloaded" if resolved.origin == "download" else "already there"
+        folder = resolved.checkpoints[0].parent
+        print(f"{name}: {done}, verified, in {folder}")
     return 0
 
 
@@ -187,7 +213,10 @@ def _verify_official(name: str) -> list[tuple[str, str, bool]]:
             rows.append((ckpt.file, "not downloaded" + partial, True))
             continue
         ok = digest_matches(file_sha256(status.path), ckpt.sha256, ckpt.sha256_prefix)
-        rows.append((ckpt.file, "ok" if ok else "CORRUPT: does not match the catalogue's "
+        verdict = "ok" if ckpt.sha256 else (
+            f"ok, but verified only by the 8-hex prefix {ckpt.sha256_prefix} that demucs "
+            "publishes (no full SHA-256 is known for it)")
+        rows.append((ckpt.file, verdict if ok else "CORRUPT: does not match the catalogue's "
                      "SHA-256 (delete it; it is downloaded again when needed)", ok))
     return rows
 
@@ -208,8 +237,14 @@ def _verify_repo(name: str, repo: Path) -> list[tuple[str, str, bool]]:
     for path, digest, ckpt in zip(resolved.checkpoints, resolved.sha256, catalogue,
                                   strict=False):
         official = digest_matches(digest, ckpt.sha256, ckpt.sha256_prefix)
-        rows.append((path.name, "ok (the catalogue's checkpoint)" if official else
-                     "ok (custom weights: matches its file name, not the catalogue)", True))
+        if official:
+            verdict = "ok (the catalogue's checkpoint" + (
+                ")" if ckpt.sha256 else f", by its 8-hex prefix {ckpt.sha256_prefix} only)")
+        elif "-" in path.stem:
+            verdict = "ok (custom weights: matches the hash in its file name, not the catalogue)"
+        else:
+            verdict = "UNVERIFIED: a local file whose name carries no hash (custom weights)"
+        rows.append((path.name, verdict, True))
     return rows
 
 

@@ -12,6 +12,7 @@ said in one line.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
@@ -135,19 +136,20 @@ def _run_batch(args: argparse.Namespace, name: str, options: SeparationOptions,
         import torch
 
         torch.set_num_threads(args.jobs)
+    tracks = expand_tracks(args.tracks)
     try:
         clean_stale()
         separator = _load(args, name, options)
         check_after_load(plan, separator)
+        names = _output_names(tracks, plan, separator)
     except UsageError as err:
         _err(str(err))
         return 2
     except DemixerError as err:
         _err(str(err))
         return 1
-    tracks = expand_tracks(args.tracks)
     failed = 0
-    for track, track_name in zip(tracks, _output_names(tracks, plan, separator), strict=True):
+    for track, track_name in zip(tracks, names, strict=True):
         ok = _separate_one(track, separator, plan, track_name)
         if ok is None:
             return SIGINT_EXIT
@@ -226,12 +228,27 @@ def _wait(job: SeparationJob) -> JobResult | None:
             pass
     except KeyboardInterrupt:  # stop between chunks, keep what is finished
         job.cancel()
-        while not job.finished.wait(0.2):
-            pass
-        thread.join()
+        _join(job, thread)
         return None
-    thread.join()  # NB: never leave it running into interpreter shutdown
+    _join(job, thread)  # NB: never leave it running into interpreter shutdown
     return job.result
+
+
+def _join(job: SeparationJob, thread: threading.Thread) -> None:
+    """Wait for the job's thread to end; a second Ctrl-C does not cut the wait short (the
+    job is stopping already, and its checkpoint must be written)."""
+    while True:  # NB: the event first: a join cut short by Ctrl-C can go wrong (job.py)
+        try:
+            if job.finished.wait(0.2):
+                break
+        except KeyboardInterrupt:
+            job.cancel()
+    while True:  # the thread is past its last line: this join is short
+        try:
+            thread.join()
+            return
+        except KeyboardInterrupt:
+            job.cancel()
 
 
 def _report_interrupt(track: Path, result: JobResult) -> None:
@@ -282,8 +299,12 @@ class _ProgressBar:
     def __init__(self, track: Path) -> None:
         from tqdm import tqdm
 
+        # NB: a terminal that reports a size of 0 x 0 (a pty under `script`, some IDE
+        # consoles) made tqdm draw nothing: a bar on row 0 of 0 rows counts as off-screen.
+        # shutil falls back to 80 x 24 there.
+        size = shutil.get_terminal_size((80, 24))
         self.bar = tqdm(total=100, desc=printable(track.name), unit="%", leave=False,
-                        file=sys.stderr, mininterval=0.0, dynamic_ncols=True,
+                        file=sys.stderr, mininterval=0.0, ncols=size.columns, nrows=size.lines,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}")
         self.lock = threading.Lock()
 

@@ -146,6 +146,24 @@ def _read_manifest(entry: Path) -> dict[str, Any] | None:
     return manifest if isinstance(manifest, dict) else None
 
 
+def _manifest_damage(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a manifest's fields (edited by hand, or another version's), if any."""
+    key, files = manifest.get("key"), manifest.get("files")
+    if not isinstance(key, dict) or not isinstance(key.get("checkpoint_sha256"), str):
+        return "no key"
+    if not isinstance(files, dict):
+        return "no file list"
+    for rel, info in files.items():
+        if not (isinstance(info, dict) and type(info.get("bytes")) is int
+                and isinstance(info.get("sha256"), str)):
+            return f"no integer size and SHA-256 for {rel}"
+    if "package_bytes" in manifest and type(manifest["package_bytes"]) is not int:
+        return "a package size that is not a whole number"
+    if not isinstance(manifest.get("metadata", {}), dict):
+        return "no metadata"
+    return None
+
+
 def _check_files(entry: Path, files: dict[str, Any], deep: bool) -> str | None:
     for rel, info in files.items():
         path = entry / rel
@@ -169,6 +187,9 @@ def validate_entry(entry: Path, key: CacheKey | None = None, *, deep: bool = Tru
     manifest = _read_manifest(entry)
     if manifest is None or manifest.get("format") != MANIFEST_FORMAT:
         return "no manifest: an interrupted or foreign conversion"
+    damage = _manifest_damage(manifest)
+    if damage is not None:
+        return f"a damaged manifest ({damage})"
     if key is not None and manifest.get("key") != asdict(key):
         return "the manifest is for other settings"
     try:
@@ -410,7 +431,8 @@ class EntryInfo:
 
     @property
     def key(self) -> dict[str, Any]:
-        return dict(self.manifest["key"]) if self.manifest else {}
+        key = self.manifest.get("key") if self.manifest else None
+        return dict(key) if isinstance(key, dict) else {}
 
 
 def list_entries(root: Path | None = None, *, deep: bool = False) -> list[EntryInfo]:

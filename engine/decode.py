@@ -99,12 +99,25 @@ class DecodedTrack:
 
 @dataclass
 class _Source:
-    """An open reader: (C, n) float32 blocks at `rate`; `frames` is for progress only."""
+    """An open reader: (C, n) float32 blocks at `rate`; `frames` is for progress only;
+    `declared` is the length the file's header states exactly (None where it only estimates),
+    which the decoded audio must reach."""
 
     rate: int
     channels: int
     frames: int | None
     blocks: Iterator[np.ndarray]
+    declared: int | None = None
+
+
+# Formats whose header states the length exactly (FLAC's STREAMINFO, Ogg's last granule, an
+# MP4's track duration, Matroska's), as libsndfile and FFmpeg name them. MP3 only with a
+# Xing/Info frame (`_mp3_frame_count_tagged`); WAV/AIFF readers trust the file's size.
+_EXACT_SNDFILE = frozenset({"FLAC", "OGG"})
+_EXACT_FFMPEG = frozenset({"flac", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+# How far short of the declared length a decode may end: an MP3's declared count includes
+# the encoder's delay and padding (a few thousand samples), other formats are exact.
+_SHORT_TOLERANCE = 4608
 
 
 def _fail(path: Path, reason: str) -> AudioDecodeError:
@@ -117,6 +130,9 @@ def _check_path(path: Path) -> None:
         raise _fail(path, "does not exist")
     if path.is_dir():
         raise _fail(path, "is a folder, not an audio file")
+    if not path.is_file():  # a FIFO would block the reader forever, a device never ends
+        raise _fail(path, "is not a regular file (a pipe, device or socket), so it cannot be "
+                          "read as a song; save the audio to a file first")
     if path.stat().st_size == 0:
         raise _fail(path, "is empty (0 bytes)")
     if not os.access(path, os.R_OK):
@@ -195,7 +211,28 @@ def _soundfile_source(path: Path) -> Iterator[_Source]:
     with _native_stderr_silenced():
         f = sf.SoundFile(str(path))
     with f:
-        yield _Source(f.samplerate, f.channels, f.frames, _soundfile_blocks(f))
+        exact = f.format in _EXACT_SNDFILE or (f.format == "MP3"
+                                               and _mp3_frame_count_tagged(path))
+        yield _Source(f.samplerate, f.channels, f.frames, _soundfile_blocks(f),
+                      f.frames if exact else None)
+
+
+def _mp3_frame_count_tagged(path: Path) -> bool:
+    """True if the MP3's first frame is a Xing/Info tag, which counts the frames exactly
+    (without it, a reader estimates the length from the bit rate and the file size)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(10)
+            start = 0
+            if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag (syncsafe size)
+                size = (head[6] & 0x7F) << 21 | (head[7] & 0x7F) << 14 | (
+                    head[8] & 0x7F) << 7 | (head[9] & 0x7F)
+                start = 10 + size
+            f.seek(start)
+            first = f.read(4096)
+    except OSError:
+        return False
+    return b"Xing" in first[:200] or b"Info" in first[:200]
 
 
 @contextmanager
@@ -269,8 +306,11 @@ def _av_source(path: Path) -> Iterator[_Source]:
             raise _fail(path, "contains no audio")
         arrays = _av_arrays(chain([first], frames), first.rate, first.layout.nb_channels, path)
         blocks = _rebatch(arrays, max(1, round(first.rate * BLOCK_SECONDS)))
-        yield _Source(first.rate, first.layout.nb_channels,
-                      _av_frames_estimate(container, stream), blocks)
+        estimate = _av_frames_estimate(container, stream)
+        exact = container.format.name in _EXACT_FFMPEG or (
+            container.format.name == "mp3" and _mp3_frame_count_tagged(path))
+        yield _Source(first.rate, first.layout.nb_channels, estimate, blocks,
+                      estimate if exact and first.rate == stream.rate else None)
 
 
 def _av_frames(container: av.container.InputContainer, stream: av.AudioStream,
@@ -312,11 +352,36 @@ def _frame_to_array(frame: av.AudioFrame) -> np.ndarray:
 
 def _av_arrays(frames: Iterator[av.AudioFrame], rate: int, channels: int,
                path: Path) -> Iterator[np.ndarray]:
+    """Frames as (C, n) float32 on their timeline: where the decoder skipped damaged data
+    (the next frame's timestamp lies beyond the samples so far), the gap becomes silence, so
+    everything after the damage stays in place instead of arriving early."""
+    position = origin = None  # samples so far on the stream's timeline
     for frame in frames:
         if frame.rate != rate or frame.layout.nb_channels != channels:
             raise _fail(path, "changes its sample rate or channel count part way, "
                               "which is not supported")
-        yield _frame_to_array(frame)
+        array = _frame_to_array(frame)
+        start = _frame_start(frame, rate)
+        if start is not None and origin is None:
+            origin = start
+        if start is not None and origin is not None and position is not None:
+            gap = start - origin - position
+            if gap > 0:
+                log.warning("%s: %d samples lost to damage at %.2f s; filled with silence",
+                            path, gap, position / rate)
+                yield np.zeros((channels, gap), np.float32)
+                position += gap
+            elif gap < 0:  # overlapping timestamps: keep the timeline, drop the overlap
+                array = array[:, min(-gap, array.shape[1]):]
+        position = (position or 0) + array.shape[1]
+        yield array
+
+
+def _frame_start(frame: av.AudioFrame, rate: int) -> int | None:
+    """A frame's first sample on the stream's timeline, from its timestamp (None if none)."""
+    if frame.pts is None or frame.time_base is None:
+        return None
+    return round(frame.pts * frame.time_base * rate)
 
 
 def _rebatch(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
@@ -444,6 +509,7 @@ def _decode_with(open_source: Callable[[Path], AbstractContextManager[_Source]],
         sink = _StereoSink(workdir)
         try:
             frames = _pump(source, sink, samplerate, path, cancel, progress)
+            _check_complete(path, frames, source)
             target = resampled_length(frames, source.rate, samplerate)
             if target == 0:
                 raise _fail(path, "contains no audio")
@@ -453,6 +519,16 @@ def _decode_with(open_source: Callable[[Path], AbstractContextManager[_Source]],
             raise
     return DecodedTrack(path, source.rate, source.channels, frames, samplerate, audio,
                         sink.mean, sink.std)
+
+
+def _check_complete(path: Path, frames: int, source: _Source) -> None:
+    """A file that decodes much shorter than its header says is damaged (cut off, or
+    broken part way): separating the part that decodes would give short stems silently."""
+    declared = source.declared
+    if declared is None or frames >= declared - max(_SHORT_TOLERANCE, declared // 200):
+        return
+    raise _fail(path, f"is damaged or cut short: its header says {declared / source.rate:.1f} s "
+                      f"but only {frames / source.rate:.1f} s of audio could be decoded")
 
 
 def decode(path: Path, samplerate: int, workdir: Path, *, cancel: threading.Event | None = None,

@@ -6,6 +6,13 @@ block, stops on a `threading.Event`, checks size and SHA-256, and only then move
 place with `os.replace` (atomic: `dest` is either absent or complete and verified). Everything
 that can go wrong becomes one `DemixerError` sentence naming the file, its URL and the folder.
 
+A watchdog thread per transfer ends a blocked read at once when the download is cancelled, or
+when fewer than `STALL_MIN_BYTES` arrived in `STALL_S` seconds (a server trickling a byte now
+and then would otherwise hold it forever): a stalled transfer is retried from where it got to.
+A server sending more than the catalogue's size is stopped at that size. Only https:// (and
+file://) URLs are fetched: the catalogue's prefix-only digests could not stop a tampered file
+sent over plain http (DEMIXER_ALLOW_HTTP=1 allows it, for tests on loopback).
+
 TLS uses certifi's CA bundle: a frozen macOS app has no usable system CA path for OpenSSL and
 otherwise fails with CERTIFICATE_VERIFY_FAILED.
 """
@@ -16,6 +23,7 @@ import errno
 import hashlib
 import http.client
 import os
+import socket
 import ssl
 import threading
 import time
@@ -25,13 +33,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import certifi
 
 from engine.errors import Cancelled, ChecksumError, ModelUnavailableError
 
-BLOCK_BYTES = 256 * 1024  # small enough for responsive cancel/progress, big enough to be fast
+BLOCK_BYTES = 256 * 1024  # at most this much per read (a read returns what has arrived)
 RETRY_DELAY_S = 0.5  # grows linearly per attempt that made no progress; tests set it to 0
+STALL_S = 30.0  # a transfer that got fewer than STALL_MIN_BYTES in this long is stalled
+STALL_MIN_BYTES = 16 * 1024
+WATCH_EVERY_S = 0.1
+ENV_ALLOW_HTTP = "DEMIXER_ALLOW_HTTP"
 _USER_AGENT = "Demixer/0.1 (+model download)"
 
 
@@ -66,6 +79,14 @@ class _DiskError(Exception):
 
 class _Fatal(Exception):
     """A failure that another attempt will not fix (e.g. HTTP 404); carries the reason."""
+
+
+class _Stalled(_Truncated):
+    """Too few bytes for too long: the watchdog ended the read; worth a resume."""
+
+
+class _Oversize(_Fatal):
+    """The server sent more than the file's known size: not this file."""
 
 
 # --- hashing -----------------------------------------------------------------------------
@@ -187,28 +208,99 @@ def _check_cancel(job: _Job) -> None:
         raise Cancelled(f"Download of {job.name} cancelled.")
 
 
+class _Watchdog:
+    """Ends a blocked read of `response` (shuts its socket down) on cancel or on a stall.
+
+    NB: threads. `progress()` runs on the downloading thread, the check on the watchdog's;
+    both only store plain values (atomic in CPython); `reason` is read after `stop()`."""
+
+    def __init__(self, response: http.client.HTTPResponse, job: _Job, done: int) -> None:
+        self.sock = _socket_of(response)
+        self.job = job
+        self.mark_bytes, self.mark_time = done, time.monotonic()
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="demixer-download-watch",
+                                        daemon=True)
+        self._thread.start()
+
+    def progress(self, done: int) -> None:
+        if done - self.mark_bytes >= STALL_MIN_BYTES:
+            self.mark_bytes, self.mark_time = done, time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(WATCH_EVERY_S):
+            if self.job.cancel is not None and self.job.cancel.is_set():
+                self.reason = "cancel"
+            elif time.monotonic() - self.mark_time > STALL_S:
+                self.reason = (f"the server sent less than {STALL_MIN_BYTES // 1024} KB in "
+                               f"{STALL_S:.0f} s")
+            if self.reason is not None:
+                _shutdown(self.sock)
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _socket_of(response: http.client.HTTPResponse) -> socket.socket | None:
+    raw = getattr(getattr(response, "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _shutdown(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # a blocked recv returns at once
+        except OSError:
+            pass
+
+
 def _copy(response: http.client.HTTPResponse, out_path: Path, start: int,
           total: int | None, job: _Job) -> int:
     """Append the body of `response` to `out_path` (truncated to `start`); bytes on disk."""
-    done, fresh, began = start, 0, time.monotonic()
     try:
         out = open(out_path, "ab" if start > 0 else "wb")
     except OSError as exc:
         raise _DiskError(exc) from exc
-    with out:
-        while True:
-            _check_cancel(job)  # NB: the .part stays on disk for a later resume
-            block = response.read(BLOCK_BYTES)
-            if not block:
-                return done
-            try:
-                out.write(block)
-            except OSError as exc:
-                raise _DiskError(exc) from exc
-            done, fresh = done + len(block), fresh + len(block)
-            if job.progress is not None:
-                speed = fresh / max(time.monotonic() - began, 1e-6)
-                job.progress(DownloadProgress(job.name, done, total, speed))
+    watchdog = _Watchdog(response, job, start)
+    try:
+        with out:
+            return _pump(response, out, start, total, job, watchdog)
+    except (OSError, http.client.HTTPException, ValueError):
+        if watchdog.reason is None:
+            raise
+        return -1  # the watchdog broke the connection: see its reason below
+    finally:
+        watchdog.stop()
+        if watchdog.reason == "cancel":
+            raise Cancelled(f"Download of {job.name} cancelled.")
+        if watchdog.reason is not None:
+            raise _Stalled(watchdog.reason)
+
+
+def _pump(response: http.client.HTTPResponse, out: BinaryIO, start: int, total: int | None,
+          job: _Job, watchdog: _Watchdog) -> int:
+    done, fresh, began = start, 0, time.monotonic()
+    while True:
+        _check_cancel(job)  # NB: the .part stays on disk for a later resume
+        want = BLOCK_BYTES if job.size is None else min(BLOCK_BYTES, job.size + 1 - done)
+        block = response.read1(max(want, 1))  # what has arrived, without waiting for more
+        if not block:
+            return done
+        if job.size is not None and done + len(block) > job.size:
+            raise _Oversize(f"the server sent more than the expected {job.size} bytes")
+        try:
+            out.write(block)
+        except OSError as exc:
+            raise _DiskError(exc) from exc
+        done, fresh = done + len(block), fresh + len(block)
+        watchdog.progress(done)
+        if job.progress is not None:
+            speed = fresh / max(time.monotonic() - began, 1e-6)
+            job.progress(DownloadProgress(job.name, done, total, speed))
 
 
 def _transfer(job: _Job) -> None:
@@ -250,6 +342,9 @@ def _attempt(job: _Job) -> str | None:
     except _RangeRejected as exc:
         job.part.unlink(missing_ok=True)  # cannot be continued; the next attempt restarts
         return str(exc)
+    except _Oversize:
+        job.part.unlink(missing_ok=True)  # not the file we want: nothing worth keeping
+        raise
     except _Fatal:
         raise
     except _Truncated as exc:
@@ -313,6 +408,16 @@ def _disk_message(error: OSError, label: str, dest: Path, size: int | None) -> s
             f"the folder is writable.")
 
 
+def _check_scheme(url: str, label: str, dest: Path) -> None:
+    scheme = url.split(":", 1)[0].lower()
+    if scheme in ("https", "file") or (scheme == "http" and os.environ.get(ENV_ALLOW_HTTP) == "1"):
+        return
+    raise ModelUnavailableError(
+        f"Refusing to download {label} {dest.name} from {url}: only https:// addresses are "
+        f"used (plain http could be tampered with on the way); download it by hand and put "
+        f"it in {dest.parent}.")
+
+
 def download_file(url: str, dest: Path, *, sha256: str | None, sha256_prefix: str | None = None,
                   size: int | None = None, progress: ProgressCallback | None = None,
                   cancel: threading.Event | None = None, timeout: float = 30.0,
@@ -325,6 +430,7 @@ def download_file(url: str, dest: Path, *, sha256: str | None, sha256_prefix: st
     `ChecksumError` (the `.part` is deleted) or `ModelUnavailableError` (network or disk).
     """
     dest = Path(dest)
+    _check_scheme(url, label, dest)
     job = _Job(url=url, part=dest.with_suffix(dest.suffix + ".part"), name=dest.name,
                size=size, progress=progress, cancel=cancel, timeout=timeout)
     try:

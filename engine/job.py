@@ -38,7 +38,8 @@ from engine.outputs import OutputPlan, check_outputs, write_outputs
 from engine.partial import FolderLock, digest, inspect, new_workdir, source_identity
 from engine.resample import resampled_length
 from engine.separator import Progress, Separator
-from engine.stembuffers import StemBuffers, read_index
+from engine.stembuffers import INDEX, StemBuffers, read_index
+from engine.writers import io_reason
 
 RECORD_VERSION = 1
 
@@ -93,6 +94,8 @@ class SeparationJob:
         self.stems: StemBuffers | None = None
         self.result = JobResult(self.path)
         self._discard = False
+        self._created_stems = False  # this job made fresh stem files (not a resume)
+        self._stems_dir_existed = False
         self._source = source_identity(self.path)
         # NB: waiting uses this event, not Thread.join: a join interrupted by Ctrl-C can make
         # a later join return while the thread still runs (CPython 3.11).
@@ -138,6 +141,8 @@ class SeparationJob:
             self._fail(str(err))
         except MemoryError:
             self._fail(f"{self.path}: not enough memory to separate this file.")
+        except OSError as err:  # the stems' or the decoded track's disk: full, gone, read-only
+            self._fail(self._disk_message(err))
         except Exception as err:  # a bug or a library's surprise: logged, one line
             self._fail(unexpected_message(str(self.path), err))
         finally:
@@ -170,6 +175,7 @@ class SeparationJob:
                                                 track_name=self.track_name)
 
     def _prepare_workdir(self) -> Path:
+        self._stems_dir_existed = self.stems_dir is not None and self.stems_dir.exists()
         if self.workdir is None:
             self.workdir, self._work_lock = new_workdir()
         if self.stems_dir is None:
@@ -186,6 +192,7 @@ class SeparationJob:
         offsets = sep.draw_offsets()
         stems = StemBuffers(self.stems_dir, sep.sources, sep.shapes.channels,
                             track.audio.shape[-1], sep.samplerate)
+        self._created_stems = True
         if self.resumable:
             stems.begin({"version": RECORD_VERSION, "fingerprint": self.fingerprint(),
                          "source": self._source, "frames": track.audio.shape[-1],
@@ -228,6 +235,12 @@ class SeparationJob:
                                eta_s=p.eta_s, ready_frames=p.ready_frames))
         self.on_event(JobEvent("ready", stage="separating", ready_frames=p.ready_frames))
 
+    def _disk_message(self, err: OSError) -> str:
+        folder = Path(err.filename).parent if err.filename else (
+            self.stems_dir or self.workdir or Path("."))
+        return (f"{self.path}: cannot be separated, because {folder} cannot be written "
+                f"({io_reason(err, folder / '_')}).")
+
     def _fail(self, message: str) -> None:
         self.result.error = message
         self._keep_or_discard()
@@ -251,8 +264,20 @@ class SeparationJob:
             kept = inspect(self.stems_dir or Path()).resumable  # an earlier checkpoint
         if kept:
             self.result.resumable = inspect(self.stems_dir or Path()).fraction
-        elif self.stems_dir is not None and self.stems_dir.exists():
-            shutil.rmtree(self.stems_dir, ignore_errors=True)
+        elif self._discard or self._created_stems:
+            self._remove_stems()
+
+    def _remove_stems(self) -> None:
+        """Remove the stem files (and the folder, if this job made it); never anything else
+        a folder given by the caller holds."""
+        folder = self.stems_dir
+        if folder is None or not folder.exists():
+            return
+        if not self._stems_dir_existed:
+            shutil.rmtree(folder, ignore_errors=True)
+            return
+        for name in [f"{s}.f32" for s in self.separator.sources] + [INDEX]:
+            (folder / name).unlink(missing_ok=True)
 
     def _cleanup(self) -> None:
         """Close everything; remove the decoded track (and temporary stems)."""

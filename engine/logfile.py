@@ -21,18 +21,23 @@ _path: Path | None = None
 
 
 def _open_log() -> tuple[logging.Logger, Path]:
+    """The logger, writing to the data folder's log (re-opened if the folder changed)."""
     global _logger, _path
     with _lock:
-        if _logger is None or _path is None:
-            logger = logging.getLogger("demixer.failures")
-            logger.propagate = False  # the person gets one line, not the traceback
-            logger.setLevel(logging.ERROR)
-            _path = _attach_handler(logger)
+        logger = logging.getLogger("demixer.failures")
+        logger.propagate = False  # the person gets one line, not the traceback
+        logger.setLevel(logging.ERROR)
+        folders = _candidate_folders()
+        if _logger is None or _path is None or _path.parent != folders[0]:
+            for handler in list(logger.handlers):
+                logger.removeHandler(handler)
+                handler.close()
+            _path = _attach_handler(logger, folders)
             _logger = logger
-        return _logger, _path
+        return logger, _path
 
 
-def _attach_handler(logger: logging.Logger) -> Path:
+def _candidate_folders() -> list[Path]:
     from engine.errors import DemixerError
     from engine.store import data_subdir
 
@@ -42,6 +47,10 @@ def _attach_handler(logger: logging.Logger) -> Path:
     except (DemixerError, OSError):
         pass
     folders.append(Path(tempfile.gettempdir()))
+    return folders
+
+
+def _attach_handler(logger: logging.Logger, folders: list[Path]) -> Path:
     for folder in folders:
         path = folder / LOG_NAME
         try:

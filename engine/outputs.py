@@ -7,7 +7,9 @@ and `no_STEM` (the sum of the others, as demucs); `--mix NAME=a+b` writes custom
 
 from __future__ import annotations
 
+import glob
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,8 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
     are removed, known by identity, so another process's file of the same name is safe."""
     mixes = outputs_for(plan, stems.sources)
     paths = check_outputs(plan, track, stems.sources, track_name)
+    for path in paths.values():
+        remove_stale_temporaries(path)
     staged: list[Staged] = []
     try:
         for name, parts in mixes.items():
@@ -112,6 +116,25 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
     finally:
         discard_temps(staged)
     return [item.target for item in staged]
+
+
+STALE_TEMP_S = 3600.0  # a stem's temporary untouched this long belongs to a crashed writer
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove `target`'s hidden temporaries (`.NAME.partial-XXXXXXXX`) that a writer killed
+    mid-way left behind: untouched for an hour, no live writer still owns them."""
+    cutoff = time.time() - STALE_TEMP_S
+    try:
+        leftovers = list(target.parent.glob(f".{glob.escape(target.name)}.partial-*"))
+    except OSError:
+        return
+    for leftover in leftovers:
+        try:
+            if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                leftover.unlink()
+        except OSError:
+            pass
 
 
 def _commit(staged: list[Staged], overwrite: bool) -> None:

@@ -234,6 +234,8 @@ def inspect(folder: Path, fingerprint: str | None = None) -> PartialState:
     complete = bool(info.get("complete")) and ready == frames
     if not sizes_ok:
         return PartialState(folder, False, reason="stem files missing or of the wrong size")
+    if ready <= 0:
+        return PartialState(folder, False, False, 0, frames, source, "nothing finished yet")
     if source_identity(source) != record["source"]:
         return PartialState(folder, False, complete, ready, frames, source,
                             "the input file changed or is gone")

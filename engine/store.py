@@ -7,10 +7,13 @@
   3. `checkpoints_dir()` in the per-user data dir, with the catalogue's file names;
   4. a download from the catalogue URL (`$DEMIXER_DOWNLOAD_ROOT` replaces the root, for
      mirrors and tests) into `checkpoints_dir()`.
-Every file is hashed before `torch.load` may unpickle it (a checkpoint is a pickle: it runs
-code). Local-repo files are checked as demucs does (the `-xxxxxxxx` in the name is the start of
-the SHA-256); official files against the catalogue's full SHA-256 (its 8-hex prefix where no
-full digest is published). `load_model` turns a `ResolvedModel` into a demucs `BagOfModels`.
+Every file is hashed before it is unpickled, and unpickled with `torch.load(weights_only=True)`
+and an allow-list of the demucs classes (`load_package`): a checkpoint is a pickle, and an
+unrestricted one runs whatever code it names. Local-repo files are checked as demucs does
+(the `-xxxxxxxx` in the name is the start of the SHA-256; a name without one is unverified);
+official files against the catalogue's full SHA-256 (its 8-hex prefix where no full digest is
+published, as for htdemucs_ft's members). `load_model` turns a `ResolvedModel` into a
+demucs `BagOfModels`.
 """
 
 from __future__ import annotations
@@ -41,21 +44,43 @@ _ORIGIN_WORDS = {"repo": "given with --repo", "env": f"set in {ENV_MODEL_REPO}"}
 
 
 def data_dir() -> Path:
-    """The per-user data folder ($DEMIXER_HOME, else the platform's), created on demand."""
+    """The per-user data folder ($DEMIXER_HOME, else the platform's), created on demand.
+
+    Raises DemixerError (one sentence) if it cannot be made or written to: a file in its
+    place, a read-only disk, no permission."""
     home = os.environ.get(ENV_HOME)
     if home:
         path = Path(home).expanduser()
     else:
         path = Path(platformdirs.user_data_dir("Demixer", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _usable_folder(path, path)
 
 
 def data_subdir(name: str) -> Path:
     """A folder of the per-user data dir (models, coreml, library…), created on demand."""
-    path = data_dir() / name
-    path.mkdir(parents=True, exist_ok=True)
+    return _usable_folder(data_dir() / name, data_dir())
+
+
+def _usable_folder(path: Path, home: Path) -> Path:
+    hint = f"set {ENV_HOME} to a writable folder" if os.environ.get(ENV_HOME) else (
+        f"make it writable or set {ENV_HOME} to a writable folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DemixerError(f"The data folder {home} cannot be used: {path} is a file, not a "
+                           f"folder; {hint}.") from None
+    except OSError as err:
+        raise DemixerError(f"The data folder {home} cannot be used ({_os_reason(err)}); "
+                           f"{hint}.") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DemixerError(f"The data folder {home} cannot be written to ({path} is "
+                           f"read-only); {hint}.")
     return path
+
+
+def _os_reason(err: OSError) -> str:
+    reason = err.strerror or str(err)
+    return reason[0].lower() + reason[1:] if reason else type(err).__name__
 
 
 def checkpoints_dir() -> Path:
@@ -144,6 +169,36 @@ def _repo_checkpoint(found: dict[str, list[Path]], signature: str, name: str,
         raise DemixerError(f"The model folder {folder} has several checkpoints for signature "
                            f"{signature} ({names}); delete all but one.")
     return files[0]
+
+
+def local_repo_files(name: str, folder: Path) -> list[Path] | None:
+    """The checkpoint files of model `name` in a local repo, from names alone (no hashing,
+    no reading): None if the folder does not hold it completely."""
+    try:
+        found = _scan_repo(folder)
+        if name in found:
+            return found[name] if len(found[name]) == 1 else None
+        bag_file = folder / f"{name}.yaml"
+        if not bag_file.is_file():
+            return None
+        signatures, _, _ = _read_bag(bag_file)
+    except (OSError, DemixerError):
+        return None
+    files = [found.get(s, []) for s in signatures]
+    return [f[0] for f in files] if all(len(f) == 1 for f in files) else None
+
+
+def env_repo() -> Path | None:
+    """The folder $DEMIXER_MODEL_REPO names, if set."""
+    value = os.environ.get(ENV_MODEL_REPO)
+    return Path(value).expanduser() if value else None
+
+
+def download_model(name: str, progress: Callable[[DownloadProgress], None] | None = None,
+                   cancel: threading.Event | None = None) -> ResolvedModel:
+    """Download (or verify, if present) catalogue model `name` into the data folder,
+    whatever local repo is configured (`demixer models download`)."""
+    return _resolve_official(get_entry(name), True, progress, cancel)
 
 
 def _verify_local(path: Path) -> str:
@@ -265,18 +320,20 @@ def load_model(resolved: ResolvedModel) -> torch.nn.Module:
     """A demucs `BagOfModels` (even for one checkpoint) in eval mode, on the CPU.
 
     Each file is re-checked against `resolved.sha256` first (memoised, so nearly free): a file
-    swapped since `resolve_model` is refused before `torch.load` unpickles it.
+    swapped since `resolve_model` is refused before it is read. Then it is unpickled with
+    `torch.load(weights_only=True)` (`load_package`): nothing in it can run code.
     """
     from demucs.apply import BagOfModels
-    from demucs.states import load_model as load_checkpoint
+    from demucs.states import load_model as build_model
 
     models = []
     for path, digest in zip(resolved.checkpoints, resolved.sha256, strict=True):
         if file_sha256(path) != digest:
             raise ChecksumError(f"Checkpoint {path.name} in {path.parent} changed after it was "
                                 f"verified; run again to check it afresh.")
+        package = load_package(path)
         try:
-            models.append(load_checkpoint(path))
+            models.append(build_model(package))
         except Exception as exc:  # a verified file that is not a demucs package
             raise DemixerError(f"Checkpoint {path.name} in {path.parent} is not a demucs "
                                f"model ({type(exc).__name__}: {exc}).") from exc
@@ -287,6 +344,56 @@ def load_model(resolved: ResolvedModel) -> torch.nn.Module:
                            f"(different sources or sample rates, or weights of the wrong "
                            f"size).") from exc
     return bag.eval()
+
+
+def safe_checkpoint_globals() -> list[Any]:
+    """What a demucs checkpoint may name besides tensors and plain data: the model classes
+    (its 'klass') and Fraction (the 'segment' kwarg). Nothing else is ever called."""
+    from fractions import Fraction
+
+    from demucs.demucs import Demucs
+    from demucs.hdemucs import HDemucs
+    from demucs.htdemucs import HTDemucs
+
+    return [HTDemucs, HDemucs, Demucs, Fraction]
+
+
+def load_package(path: Path) -> dict[str, Any]:
+    """Unpickle a demucs checkpoint with `weights_only=True` and the allow-list above.
+
+    A checkpoint is a pickle, and a pickle can run any code while it loads: a file named
+    `htdemucs.th` in a local repo could do anything. The restricted unpickler only rebuilds
+    tensors, plain containers and the allowed classes; anything else is refused, unrun."""
+    import pickle
+
+    import torch
+
+    allowed = safe_checkpoint_globals()
+    try:
+        with torch.serialization.safe_globals(allowed):
+            package = torch.load(path, "cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = _unsafe_globals(path)
+        raise DemixerError(f"Checkpoint {path.name} in {path.parent} was not loaded: it asks "
+                           f"to run code ({names}), which a demucs model never needs; use a "
+                           f"checkpoint made by demucs.") from None
+    except Exception as exc:  # not a torch file at all, truncated, ...
+        raise DemixerError(f"Checkpoint {path.name} in {path.parent} cannot be read "
+                           f"({type(exc).__name__}: {exc}).") from None
+    if not isinstance(package, dict) or package.get("klass") not in allowed[:3]:
+        raise DemixerError(f"Checkpoint {path.name} in {path.parent} is not a demucs model "
+                           f"(no model class in it).")
+    return package
+
+
+def _unsafe_globals(path: Path) -> str:
+    import torch
+
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - only for the message
+        names = []
+    return ", ".join(names[:3]) or "unknown objects"
 
 
 # --- status, for `demixer models list` ---------------------------------------------------

@@ -36,6 +36,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory,
     """No test touches the real per-user data dir, model repo or settings."""
     home = tmp_path_factory.mktemp("demixer-home")
     monkeypatch.setenv("DEMIXER_HOME", str(home))
+    monkeypatch.setenv("DEMIXER_ALLOW_HTTP", "1")  # the tests' loopback servers speak http
     monkeypatch.delenv("DEMIXER_MODEL_REPO", raising=False)
     return home
 

@@ -191,3 +191,61 @@ def test_folders_skip_apple_double_files_and_an_empty_folder_fails_alone(
     assert sorted(p.stem for p in (tmp_path / "out/htdemucs_6s/song").iterdir()) == sorted(STEMS)
     [line] = capsys.readouterr().err.strip().splitlines()
     assert str(empty) in line  # the AppleDouble file was never tried
+
+
+def test_two_inputs_with_one_name_get_their_own_folders(tiny_repo: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]
+                                                        ) -> None:
+    """`a/song.wav b/song.flac`: never one output folder for both (data loss 2)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = write_wav(tmp_path / "a/song.wav", sine_mix(1.0, 44100, seed=1), 44100)
+    second = write_soundfile(tmp_path / "b/song.flac", sine_mix(1.0, 44100, seed=2), 44100)
+    out = tmp_path / "out"
+    for extra in ((), ("--overwrite",)):  # the rerun replaces each folder by its own input
+        assert _run(tiny_repo, out, first, second, extra=extra) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"demixer: {second} has the same name as {first}: its stems go to "
+                       "'song (2)'."]
+        one = sf.read(out / "htdemucs_6s/song/vocals.wav")[0]
+        two = sf.read(out / "htdemucs_6s/song (2)/vocals.wav")[0]
+        assert one.shape == two.shape and not np.array_equal(one, two)
+
+
+def test_control_characters_in_names_are_escaped(tiny_repo: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_text(tmp_path / "evil\nname\x1b[31m.wav")
+    assert _run(tiny_repo, tmp_path / "out", src) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "evil\\nname\\x1b[31m.wav" in line and "\x1b" not in line
+
+
+def test_a_progress_bar_on_a_terminal(tiny_repo: Path, tmp_path: Path) -> None:
+    """Under a pseudo-terminal that reports a size of 0 x 0 (as `script` does), the bar
+    used to be invisible."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    src = write_wav(tmp_path / "song.wav", sine_mix(12.0, 44100), 44100)
+    parent, child = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "separate", str(src), "--repo", str(tiny_repo),
+         "-o", str(tmp_path / "out"), "--backend", "torch", "--shifts", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=child,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    os.close(child)
+    seen = b""
+    while True:
+        try:
+            data = os.read(parent, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not data:
+            break
+        seen += data
+    assert proc.wait(timeout=300) == 0
+    os.close(parent)
+    text = seen.decode("utf-8", "replace")
+    assert "song.wav:" in text and "%|" in text and "separating" in text, text[:500]

@@ -314,3 +314,27 @@ def test_waiting_for_a_lock_can_be_cancelled(tmp_path: Path) -> None:
         with entry_lock(lock, blocking=False) as held:
             assert held is False
     assert waits == [True]
+
+
+@pytest.mark.parametrize("manifest", [
+    {"format": 1, "files": {}},  # no key
+    {"format": 1, "key": {"checkpoint_sha256": "ab", "model": "htdemucs"},
+     "files": {"model.mlpackage/x": {"bytes": "12", "sha256": "00"}}},  # a size as text
+    {"format": 1, "key": [], "files": []},
+    {"format": 1, "key": {"checkpoint_sha256": "ab", "model": "htdemucs"}, "files": {},
+     "package_bytes": "a lot"},
+])
+def test_a_hand_edited_manifest_is_reported_not_a_crash(
+        manifest: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+    from engine.coreml_cache import cache_root, list_entries
+
+    entry = cache_root() / "htdemucs-edited"
+    entry.mkdir(parents=True)
+    (entry / MANIFEST).write_text(json.dumps(manifest))
+    [info] = list_entries()
+    assert info.problem is not None and info.problem.startswith("a damaged manifest")
+    assert main(["models", "list"]) == 0
+    assert main(["models", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert "htdemucs-edited: a damaged manifest" in out and "Traceback" not in out

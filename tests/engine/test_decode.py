@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -245,6 +246,11 @@ def test_probe(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- bad input -------------
 
+def _fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
 def _assert_one_sentence(err: AudioDecodeError, path: Path, *reasons: str) -> None:
     message = str(err)
     assert message.startswith(f"{path}: ") and message.endswith(".")
@@ -254,6 +260,8 @@ def _assert_one_sentence(err: AudioDecodeError, path: Path, *reasons: str) -> No
 
 @pytest.mark.parametrize(("make", "reason"), [
     (lambda d: d / "missing.wav", "does not exist"),
+    (lambda d: _fifo(d / "pipe.wav"), "is not a regular file"),
+    (lambda d: Path("/dev/urandom"), "is not a regular file"),
     (lambda d: (d / "folder.wav").mkdir() or d / "folder.wav", "is a folder"),
     (lambda d: (d / "empty.wav").touch() or d / "empty.wav", "is empty (0 bytes)"),
     (lambda d: write_text(d / "text.wav"), "is not an audio file that can be read"),
@@ -283,30 +291,66 @@ def test_nan_or_inf_samples(tmp_path: Path, workdir: Path, bad: float) -> None:
     assert _files(workdir) == []
 
 
-def test_truncated_mp3(tmp_path: Path, workdir: Path) -> None:
-    """What is there is decoded; a stub without a single frame is a clear error."""
+def test_truncated_mp3_is_damaged_naming_both_durations(tmp_path: Path, workdir: Path) -> None:
+    """Its Info tag says 3.0 s; half of it decodes. Separating the half silently would give
+    short stems (issue 12): it is an error, and nothing is left behind."""
     full = write_with_av(tmp_path / "full.mp3", sine_mix(3.0, RATE), RATE, "libmp3lame")
-    track = decode(truncated_copy(full, tmp_path / "half.mp3", 0.5), RATE, workdir)
-    assert 0.4 * 3 * RATE < track.audio.shape[1] < 0.6 * 3 * RATE
+    half = truncated_copy(full, tmp_path / "half.mp3", 0.5)
+    with pytest.raises(AudioDecodeError) as info:
+        decode(half, RATE, workdir)
+    _assert_one_sentence(info.value, half, "is damaged or cut short: its header says 3.0 s "
+                                           "but only 1.5 s of audio could be decoded")
     stub = truncated_copy(full, tmp_path / "stub.mp3", 0.005)
     with pytest.raises(AudioDecodeError) as info:
         decode(stub, RATE, workdir)
-    _assert_one_sentence(info.value, stub, "is not an audio file", "contains no audio")
-    assert _files(workdir) == [_backing_file(track.audio).name]
+    _assert_one_sentence(info.value, stub, "is not an audio file", "contains no audio",
+                         "is damaged")
+    assert _files(workdir) == []
 
 
-def test_truncated_flac_keeps_what_decodes(tmp_path: Path, workdir: Path) -> None:
-    """libsndfile gives up on a cut FLAC ("lost sync"); FFmpeg takes over and keeps the
-    audio before the cut, leaving nothing of libsndfile's attempt behind."""
+def test_our_own_mp3_cut_short_is_damaged(tmp_path: Path, workdir: Path) -> None:
+    """The issue's case: an MP3 declaring 12.0 s that decodes 1.3 s (our writer's LAME tag)."""
+    from engine.writers import OutputFormat, write_audio
+
+    full = write_audio(tmp_path / "full.mp3", [sine_mix(12.0, RATE)], RATE,
+                       fmt=OutputFormat(container="mp3"))
+    cut = truncated_copy(full, tmp_path / "cut.mp3", 0.11)
+    with pytest.raises(AudioDecodeError) as info:
+        decode(cut, RATE, workdir)
+    assert str(info.value) == (f"{cut}: is damaged or cut short: its header says 12.0 s but "
+                               "only 1.3 s of audio could be decoded.")
+
+
+def test_truncated_flac_is_damaged(tmp_path: Path, workdir: Path) -> None:
+    """libsndfile gives up on a cut FLAC ("lost sync"); FFmpeg decodes what is there, which
+    is short of STREAMINFO's length: an error, nothing left behind."""
     full = write_soundfile(tmp_path / "full.flac", sine_mix(3.0, RATE), RATE)
     cut = truncated_copy(full, tmp_path / "cut.flac", 0.6)
     with pytest.raises(sf.LibsndfileError):
         sf.read(str(cut))
-    track = decode(cut, RATE, workdir)
-    assert 0.4 * 3 * RATE < track.audio.shape[1] < 0.7 * 3 * RATE
-    np.testing.assert_array_equal(track.audio, decode(full, RATE, workdir).audio[
-        :, :track.audio.shape[1]])
-    assert len(_files(workdir)) == 2
+    with pytest.raises(AudioDecodeError) as info:
+        decode(cut, RATE, workdir)
+    _assert_one_sentence(info.value, cut, "is damaged or cut short: its header says 3.0 s")
+    assert _files(workdir) == []
+
+
+def test_a_damaged_flac_frame_keeps_the_timeline(tmp_path: Path, workdir: Path) -> None:
+    """FFmpeg drops the frame it cannot decode (4,096 samples); the gap is filled with
+    silence, so everything after it stays where it belongs instead of arriving 93 ms early."""
+    audio = sine_mix(12.0, RATE)
+    full = write_soundfile(tmp_path / "full.flac", audio, RATE)
+    data = bytearray(full.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200] = bytes(b ^ 0x5A for b in data[middle:middle + 200])
+    damaged = tmp_path / "damaged.flac"
+    damaged.write_bytes(bytes(data))
+    want = decode(full, RATE, workdir).audio
+    got = decode(damaged, RATE, workdir).audio
+    assert got.shape == want.shape
+    wrong = np.nonzero(np.abs(got - want).max(axis=0) > 0)[0]
+    assert 0 < len(wrong) <= 2 * 4096  # the lost frame(s), silent now
+    assert np.all(got[:, wrong] == 0.0)
+    np.testing.assert_array_equal(got[:, wrong.max() + 1:], want[:, wrong.max() + 1:])
 
 
 # ---------------------------------------------------------------- cancel, progress -------

@@ -13,6 +13,7 @@ import random
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -34,6 +35,8 @@ class FileServer:
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.truncate_after: list[int] = []  # per coming request: body bytes before closing
         self.ignore_range = False
+        self.trickle_s: float | None = None  # send the body a byte at a time, this far apart
+        self.stop_sending = threading.Event()  # ends a trickle
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever,
@@ -92,8 +95,15 @@ class FileServer:
             body = body[: self.truncate_after.pop(0)]
             h.close_connection = True  # the client sees EOF before Content-Length
         try:
-            h.wfile.write(body)
-            h.wfile.flush()
+            if self.trickle_s is None:
+                h.wfile.write(body)
+                h.wfile.flush()
+                return
+            for i in range(len(body)):  # a server that never quite stops, never quite sends
+                if self.stop_sending.wait(self.trickle_s):
+                    return
+                h.wfile.write(body[i:i + 1])
+                h.wfile.flush()
         except OSError:
             pass  # the client hung up (cancel): nothing to do
 
@@ -113,6 +123,7 @@ def server(no_proxy: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[FileServ
     monkeypatch.setattr(download, "RETRY_DELAY_S", 0.0)  # no back-off sleeps in tests
     srv = FileServer().start()
     yield srv
+    srv.stop_sending.set()
     srv.stop()
 
 
@@ -327,3 +338,57 @@ def test_tls_uses_certifi_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
         download._ssl_context.cache_clear()
     assert seen == [certifi.where()]
     assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+
+
+def test_a_trickling_server_is_given_up_on(server: FileServer, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """One byte every 0.2 s used to hold a download forever (the block read waited for
+    256 KiB; the timeout is per receive). Now: too little for STALL_S -> retried, then one
+    sentence."""
+    monkeypatch.setattr(download, "STALL_S", 0.6)
+    server.files[NAME] = PAYLOAD
+    server.trickle_s = 0.2
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailableError) as err:
+        download_file(server.url(NAME), tmp_path / NAME, sha256=PAYLOAD_SHA, attempts=2)
+    assert time.monotonic() - t0 < 10
+    assert str(err.value) == (
+        f"Cannot download checkpoint {NAME} from {server.url(NAME)} (the server sent less "
+        f"than 16 KB in 1 s); download it by hand and put it in {tmp_path}.")
+    assert len(server.requests) == 2  # the stall was retried once, as a resume
+    assert server.requests[1][1] is not None and server.requests[1][1].startswith("bytes=")
+
+
+def test_cancel_works_while_a_read_is_waiting(server: FileServer, tmp_path: Path) -> None:
+    server.files[NAME] = PAYLOAD
+    server.trickle_s = 5.0  # nothing arrives for seconds
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(Cancelled):
+        download_file(server.url(NAME), tmp_path / NAME, sha256=PAYLOAD_SHA, cancel=cancel)
+    assert time.monotonic() - t0 < 2.0
+
+
+def test_a_server_sending_too_much_is_stopped_at_the_size(server: FileServer,
+                                                          tmp_path: Path) -> None:
+    """A server streaming more than the catalogue's size would fill the disk."""
+    server.files[NAME] = PAYLOAD + bytes(3_000_000)
+    dest = tmp_path / NAME
+    with pytest.raises(ModelUnavailableError) as err:
+        download_file(server.url(NAME), dest, sha256=PAYLOAD_SHA, size=len(PAYLOAD))
+    assert f"the server sent more than the expected {len(PAYLOAD)} bytes" in str(err.value)
+    assert "\n" not in str(err.value)
+    assert not dest.exists() and not _part(dest).exists()
+    assert len(server.requests) == 1  # not retried: another try gets the same
+
+
+def test_plain_http_is_refused_unless_allowed(server: FileServer, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    server.files[NAME] = PAYLOAD
+    monkeypatch.delenv(download.ENV_ALLOW_HTTP, raising=False)
+    with pytest.raises(ModelUnavailableError) as err:
+        download_file(server.url(NAME), tmp_path / NAME, sha256=PAYLOAD_SHA)
+    assert str(err.value).startswith(f"Refusing to download checkpoint {NAME} from "
+                                     f"{server.url(NAME)}: only https:// addresses are used")
+    assert server.requests == []

@@ -180,3 +180,38 @@ def test_one_run_folder_per_process(tmp_path: Path) -> None:
     finally:
         run.close(remove=True)
     assert not run.folder.exists()
+
+
+def test_a_full_disk_while_separating_is_one_sentence(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC from the stems' pwrite used to escape the job thread (a traceback, then
+    "demixer: cancelled", sometimes an abort)."""
+    import errno
+
+    song = _song(tmp_path, 3.0)
+    folder = tmp_path / "entry"
+
+    def full(self: StemBuffers, start: int, block: np.ndarray) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(StemBuffers, "write", full)
+    job = SeparationJob(song, fake_separator(1, 0), stems_dir=folder)
+    result = job.run()
+    assert result.error == (f"{song}: cannot be separated, because {folder} cannot be "
+                            "written (the disk is full).")
+    assert not folder.exists()  # nothing was finished, so nothing is kept
+
+
+def test_a_failure_never_removes_stems_it_did_not_make(tmp_path: Path) -> None:
+    """A folder given to a job that fails before it starts separating (here: the input is
+    not audio) keeps what was in it, e.g. finished stems of an earlier version."""
+    folder = tmp_path / "entry"
+    old = StemBuffers(folder, ["drums"], 2, 10, 44100)
+    old.save_index(complete=True)
+    old.close()
+    before = sorted(p.name for p in folder.iterdir())
+    bad = tmp_path / "notes.wav"
+    bad.write_text("not audio")
+    result = SeparationJob(bad, fake_separator(1, 0), stems_dir=folder).run()
+    assert result.error is not None and str(bad) in result.error
+    assert sorted(p.name for p in folder.iterdir()) == before

@@ -159,3 +159,17 @@ def test_overwrite_on_a_really_full_disk_keeps_the_old_stems(tmp_path: Path,
     for path, content in old.items():
         assert path.read_bytes() == content
     assert _files(plan.root) == {p.name for p in old}
+
+
+def test_a_crashed_writers_old_temporaries_are_removed(tmp_path: Path) -> None:
+    plan = OutputPlan(root=tmp_path / "out")
+    track = tmp_path / "song.wav"
+    drums = check_outputs(plan, track, SOURCES)["drums"]
+    drums.parent.mkdir(parents=True)
+    stale, fresh = drums.with_name(".drums.wav.partial-0badc0de"), drums.with_name(
+        ".drums.wav.partial-feedf00d")
+    stale.write_bytes(b"half a stem from a killed run")
+    fresh.write_bytes(b"another writer, right now")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    write_outputs(plan, track, _stems(tmp_path / "s"), 44100, 4410)
+    assert not stale.exists() and fresh.exists()

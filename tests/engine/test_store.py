@@ -303,3 +303,127 @@ def test_model_status(six: dict[str, Path], server: FileServer,
     resolve_model(SIX)
     after = model_status(SIX)
     assert after.complete and after.checkpoints[0].bytes_on_disk == official.stat().st_size
+
+
+@pytest.mark.parametrize("where", ["file", "under_a_file"])
+@pytest.mark.parametrize("command", [["separate", "song.wav", "--backend", "torch"],
+                                     ["models", "list"], ["doctor"]])
+def test_an_unusable_data_folder_is_one_sentence(where: str, command: list[str],
+                                                 tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    blocker = tmp_path / "home"
+    blocker.write_text("a file where the data folder should be")
+    home = blocker if where == "file" else blocker / "sub"
+    monkeypatch.setenv("DEMIXER_HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    assert main(command) == 1
+    captured = capsys.readouterr()
+    [line] = captured.err.strip().splitlines()
+    assert line.startswith(f"demixer: The data folder {home} cannot be ")
+    assert line.endswith("set DEMIXER_HOME to a writable folder.")
+
+
+class _Payload:
+    """Unpickling this runs code: it creates `marker` (the attack a checkpoint could carry)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("how", ["repo", "env"])
+def test_a_malicious_checkpoint_runs_nothing(how: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from engine.cli import main
+
+    repo, marker = tmp_path / "repo", tmp_path / "pwned"
+    repo.mkdir()
+    evil = repo / "htdemucs.th"
+    torch.save({"klass": _Payload(marker), "args": (), "kwargs": {}, "state": {}}, evil)
+    torch.load(evil, weights_only=False)  # the payload is live: an unrestricted load runs it
+    assert marker.exists()
+    marker.unlink()
+    song = tmp_path / "song.wav"
+    sf.write(song, np.zeros((44100, 2), np.float32), 44100)
+    args = ["separate", str(song), "-n", "htdemucs", "-o", str(tmp_path / "out"),
+            "--backend", "torch"]
+    if how == "repo":
+        args += ["--repo", str(repo)]
+    else:
+        monkeypatch.setenv("DEMIXER_MODEL_REPO", str(repo))
+    assert main(args) == 1
+    assert not marker.exists()
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"demixer: Checkpoint htdemucs.th in {repo} was not loaded: it asks "
+                           "to run code (")
+
+
+def test_checkpoints_load_with_weights_only(tiny_repo: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every load goes through torch.load(weights_only=True); demucs's own loader (which
+    passes weights_only=False) is never asked to read a file."""
+    calls: list[object] = []
+    real_load = torch.load
+
+    def load(*args: object, **kwargs: object) -> object:
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch, "load", load)
+    bag: Any = store.load_model(store.resolve_model("htdemucs_ft", tiny_repo))
+    assert len(bag.models) == 4 and calls == [True] * 4
+
+
+def test_models_download_and_list(six: dict[str, Path], server: FileServer,
+                                  monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    official = _checkpoints(six["data"], SIX)[0]
+    _patch_catalogue(monkeypatch, server, SIX, [official])
+    monkeypatch.setenv("DEMIXER_MODEL_REPO", str(six["env"]))  # download ignores it
+    assert main(["models", "download", SIX]) == 0
+    assert main(["models", "download", SIX]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"{SIX}: downloaded, verified, in {checkpoints_dir()}",
+                   f"{SIX}: already there, verified, in {checkpoints_dir()}"]
+    assert len(server.requests) == 1
+    assert main(["models", "download", "htdemucs_9s"]) == 1
+    assert capsys.readouterr().err.strip().startswith("demixer: Unknown model 'htdemucs_9s'")
+
+
+def test_models_list_shows_a_model_from_the_env_repo(six: dict[str, Path],
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    assert main(["models", "list"]) == 0
+    before = next(line for line in capsys.readouterr().out.splitlines()
+                  if line.startswith(SIX))
+    assert " no " in f" {before} "
+    monkeypatch.setenv("DEMIXER_MODEL_REPO", str(six["env"]))
+    assert main(["models", "list"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(SIX))
+    assert "yes (from $DEMIXER_MODEL_REPO)" in row
+
+
+def test_verify_says_plainly_what_it_could_not_check(six: dict[str, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(_checkpoints(six["repo"], SIX)[0], repo / f"{SIX}.th")  # no hash in the name
+    assert main(["models", "verify", "--repo", str(repo)]) == 0
+    out = capsys.readouterr().out
+    assert (f"{SIX}: {SIX}.th: UNVERIFIED: a local file whose name carries no hash "
+            "(custom weights)") in out

@@ -125,7 +125,8 @@ def test_cancel_stops_within_a_chunk_and_leaves_nothing(tiny_repo: Path,
     assert chunks_after_cancel == []  # stopped before the next chunk
     assert events[-1].kind == "cancelled"
     assert not out.exists()
-    assert not job.workdir.exists() and not job.stems_dir.exists()
+    assert job.workdir is not None and job.stems_dir is not None
+    assert not job.workdir.exists() and not job.stems_dir.exists()  # temporary stems: gone
 
 
 def test_cancel_during_writing_removes_the_stems_already_written(tiny_repo: Path,
