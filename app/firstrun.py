@@ -56,9 +56,10 @@ class ModelDialog(QDialog):
         self.error.setStyleSheet("color: #d9534f;")
         self.retry = QPushButton("Retry")
         self.folder = QPushButton("Show Folder")
+        self.folder.setToolTip(str(checkpoints_dir()))
         self.cancel = QPushButton("Cancel")
         self.retry.clicked.connect(self.start)
-        self.folder.clicked.connect(lambda: reveal(checkpoints_dir()))
+        self.folder.clicked.connect(self._show_folder)
         self.cancel.clicked.connect(self._cancel)
         self._build()
         loader.progress.connect(self._on_progress)
@@ -182,6 +183,11 @@ class ModelDialog(QDialog):
         if key == self.key:
             self._why = "its download was cancelled"
             self.reject()
+
+    def _show_folder(self) -> None:
+        problem = reveal(checkpoints_dir())
+        if problem:  # no file manager here: the path is in the text above, say so
+            self.detail.setText(problem)
 
     def _cancel(self) -> None:
         self.reject()

@@ -97,7 +97,7 @@ def test_sigterm_asks_and_after_kill_9_mid_song_the_resume_is_bit_identical(  # 
 
 
 def test_quit_asks_first_and_leaves_the_separation_to_resume_by_itself(  # type: ignore[no-untyped-def]
-        make_window, settings, model_repo, long_song, asked, tmp_path, qtbot) -> None:
+        make_window, settings, model_repo, long_song, asked, qtbot) -> None:
     settings.segment = SEGMENT
     window = make_window()
     [item] = window.open_paths([long_song])
@@ -122,10 +122,10 @@ def test_quit_asks_first_and_leaves_the_separation_to_resume_by_itself(  # type:
     wait_for(qtbot, resumed, timeout_s=180)  # nobody clicked
     assert resumed.state == State.DONE, resumed.message
     assert resumed.resumed_at == pytest.approx(record["ready_frames"] / record["frames"])
-    key = ModelKey("htdemucs_6s", shifts=1, segment=SEGMENT)
-    assert resumed.key == key
-    want = reference_stems(long_song, record, key, tmp_path)
-    assert np.array_equal(read_stems(folder / "stems"), want)
+    assert resumed.key == ModelKey("htdemucs_6s", shifts=1, segment=SEGMENT)
+    assert [e.folder for e in again.library.entries()] == [folder]
+    # (bit for bit as one run: the kill -9 test above compares; a quit only adds a last
+    # checkpoint, which engine tests/engine/test_resume.py cuts at every chunk)
 
 
 def test_a_second_sigterm_while_the_question_is_open_quits(  # type: ignore[no-untyped-def]
