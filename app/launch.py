@@ -37,12 +37,15 @@ def launch(files: list[str]) -> int:
         return 1
     if lock is None:
         problem = hand_off(files)
-        if problem is not None:
+        if problem is None:
+            if files:
+                _say(f"{len(files)} file(s) opened in the Demixer window that is already "
+                     "open.")
+            return 0
+        lock = claim()  # it may have quit meanwhile: then this one is the app
+        if lock is None:
             _say(problem)
             return 1
-        if files:
-            _say(f"{len(files)} file(s) opened in the Demixer window that is already open.")
-        return 0
     from app.display import display_problem
 
     problem = display_problem()

@@ -68,13 +68,14 @@ def install_file_open_filter(app: QApplication, window: MainWindow) -> QObject:
 
 
 def bring_forward(window: MainWindow, files: list[str]) -> None:
-    """Files from a second `demixer FILE...`: queue them and show the window on top."""
-    window.open_paths(files)
+    """Files from a second `demixer FILE...`: show the window on top, then queue them
+    (in that order: a question they raise must not end up under the raised window)."""
     if window.isMinimized():
         window.showNormal()
     window.show()
     window.raise_()
     window.activateWindow()
+    window.open_paths(files)
 
 
 def run_app(files: list[str], lock: FileLock | None = None) -> int:

@@ -310,6 +310,8 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Added {len(items)} file(s) to the queue.", 4000)
         if known:
             self.show_entry(next(iter(known.values())))
+            if not items:
+                self.sidebar.setCurrentWidget(self.library_view)
             self.offer_separate_again(list(known), key, two_stems)
         return items
 

@@ -118,6 +118,8 @@ def test_a_song_already_separated_opens_from_the_library(window, model_repo, son
     window.show_track(None)
     assert window.open_paths(["song.wav"]) == [] and len(window.queue.items) == 1
     assert window.shown_entry is not None and window.shown_entry.folder == first
+    assert window.sidebar.currentWidget() is window.library_view
+    assert [w.text().split("\n")[0] for w in window.library_view.selectedItems()] == ["song"]
     box = window.again_box
     assert box.isVisible() and "already in the library" in box.text()
     again = next(b for b in box.buttons() if b.text() == "Separate Again")
