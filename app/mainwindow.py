@@ -645,6 +645,7 @@ class MainWindow(QMainWindow):
         if answer == "Delete":
             self.library.delete_folder(damaged.folder)
             self.refresh_library()
+        self.library_view.select(self.shown_entry if self.shown_item is None else None)
 
     def ask(self, title: str, text: str, buttons: list[str], default: str | None = None) -> str:
         """A modal question; the text of the button chosen ("" if the box was closed).
