@@ -28,6 +28,7 @@ from app.preferences import CONTAINER_TITLES, DEPTH_TITLES, combo, update_depths
 from app.settings import Settings, output_format
 from app.track import TrackAudio
 from engine.errors import Cancelled, DemixerError, OutputExistsError
+from engine.logfile import unexpected_message
 from engine.writers import MP3_RATES, OutputFormat, write_audio
 
 
@@ -149,6 +150,9 @@ class Exporter(QObject):
         except DemixerError as err:
             self.busy = False
             self.failed.emit(str(err))
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            self.busy = False
+            self.failed.emit(unexpected_message(str(files[len(written)].path), err))
         finally:
             self.busy = False
             track.close()

@@ -103,6 +103,10 @@ class _Child:
             self.send(("model", "failed", key, str(err)))
         except (OSError, RuntimeError, MemoryError) as err:  # torch or the disk
             self.send(("model", "failed", key, f"Model {key.name} cannot be loaded ({err})."))
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            from engine.logfile import unexpected_message
+
+            self.send(("model", "failed", key, unexpected_message(f"Model {key.name}", err)))
         else:
             self.send(("model", "loaded", key, None))
 
@@ -115,6 +119,12 @@ class _Child:
             separator = self.separator(key, report=False)
         except (DemixerError, OSError, RuntimeError, MemoryError) as err:
             self.send(("event", job_id, JobEvent("failed", message=str(err))))
+            return
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            from engine.logfile import unexpected_message
+
+            message = unexpected_message(f"Model {key.name}", err)
+            self.send(("event", job_id, JobEvent("failed", message=message)))
             return
         # the stems go straight into the library folder, checkpointed: a quit, crash or
         # cancel leaves them resumable; `resume` continues such a checkpoint (engine.job)
