@@ -212,6 +212,8 @@ def _separate_one(track: Path, separator: Separator, plan: OutputPlan,
     finally:
         if bar:
             bar.close()
+        if job.stems is not None:
+            job.stems.close()
         done = job.finished.is_set()
         run.close(remove=done and (job.result.ok or job.result.resumable is None))
     if result is None:

@@ -75,9 +75,10 @@ class SeparationJob:
                  track_name: str | None = None) -> None:
         """`plan` None writes no files (the app exports on demand). `stems_dir` keeps the raw
         stems there, resumable (see module docstring; `resume` False always starts afresh);
-        None keeps them in a temporary folder. `workdir` (default: a fresh locked folder in
-        the data folder, see `engine.partial`) takes the decoded track; it is emptied at the
-        end. `track_name` replaces the input's name in the output files' {track}."""
+        None keeps them in a temporary folder. After a successful run with a `stems_dir`,
+        `job.stems` stays open for reading (the caller closes it). `workdir` (default: a fresh
+        locked folder in the data folder, see `engine.partial`) takes the decoded track; it
+        is emptied at the end. `track_name` replaces the input's name in the outputs' {track}."""
         self.path = Path(path)
         self.track_name = track_name
         self.separator = separator
@@ -283,8 +284,8 @@ class SeparationJob:
         """Close everything; remove the decoded track (and temporary stems)."""
         if self.track is not None:
             self.track.close()
-        if self.stems is not None:
-            self.stems.close()
+        if self.stems is not None and not (self.result.ok and self.resumable):
+            self.stems.close()  # finished stems in the caller's folder stay open: theirs
             self.stems = None
         if self.workdir is not None:
             if self._given_workdir:

@@ -32,6 +32,7 @@ def _command(song: Path, repo: Path, out: Path, *extra: str) -> list[str]:
 
 def _env(home: Path, tmp: Path) -> dict[str, str]:
     return {**os.environ, "DEMIXER_HOME": str(home), "TMPDIR": str(tmp),
+            "DEMIXER_CHECKPOINT_EVERY_S": "0",  # a mark after each chunk: no race with the end
             "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
 
