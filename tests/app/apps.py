@@ -33,7 +33,7 @@ def app_environment(home: Path, repo: Path, config: Path,
         store.sync()
     return dict(os.environ, DEMIXER_HOME=str(home), DEMIXER_MODEL_REPO=str(repo),
                 QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(config),
-                PYTHONPATH=str(ROOT))
+                PYTHONPATH=str(ROOT), DEMIXER_CHECKPOINT_EVERY_S="0")  # see below
 
 
 def start_app(env: dict[str, str], *files: Path) -> subprocess.Popen[str]:
@@ -48,6 +48,10 @@ def start_app(env: dict[str, str], *files: Path) -> subprocess.Popen[str]:
         assert time.monotonic() < deadline, "the app did not start"
         time.sleep(0.2)
     return process
+
+
+# Tests that interrupt a separation have its worker checkpoint after every chunk (engine.
+# stembuffers), so a checkpoint part of the way through is there to find before the end.
 
 
 def wait_for_checkpoint(home: Path, process: subprocess.Popen[str] | None = None,

@@ -42,6 +42,12 @@ def long_song(tmp_path: Path) -> Path:
     return write_wav(tmp_path / "long.wav", audio, 44100)
 
 
+@pytest.fixture(autouse=True)
+def _checkpoint_every_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process windows' workers too (they inherit the environment): see tests/app/apps."""
+    monkeypatch.setenv("DEMIXER_CHECKPOINT_EVERY_S", "0")
+
+
 @pytest.fixture
 def app_env(tiny_repo: Path, tmp_path: Path) -> dict[str, str]:
     return app_environment(tmp_path / "home", tiny_repo, tmp_path / "config", SEGMENT)
