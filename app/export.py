@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 from app.preferences import CONTAINER_TITLES, DEPTH_TITLES, combo, update_depths
 from app.settings import Settings, output_format
 from app.track import TrackAudio
-from engine.errors import Cancelled, DemixerError
+from engine.errors import Cancelled, DemixerError, OutputExistsError
+from engine.logfile import unexpected_message
 from engine.writers import MP3_RATES, OutputFormat, write_audio
 
 
@@ -70,6 +71,21 @@ def plan_mix(track: TrackAudio, gains: Sequence[float], folder: Path,
     return ExportFile(folder / name, lanes, tuple(float(gains[i]) for i in lanes))
 
 
+def keep_both(files: Sequence[ExportFile]) -> list[ExportFile]:
+    """`files` with a numbered name wherever the name is taken ("vocals (2).wav", "(3)"...),
+    by a file on disk or by one planned earlier in the list: nothing is replaced."""
+    taken: set[Path] = set()
+    out = []
+    for file in files:
+        path, n = file.path, 1
+        while path.exists() or path in taken:
+            n += 1
+            path = file.path.with_name(f"{file.path.stem} ({n}){file.path.suffix}")
+        taken.add(path)
+        out.append(replace(file, path=path))
+    return out
+
+
 def output_rate(track: TrackAudio, fmt: OutputFormat) -> tuple[int, int | None]:
     """Export at the song's own rate and length, unless MP3 cannot hold that rate."""
     if fmt.container == "mp3" and track.source_rate not in MP3_RATES:
@@ -78,7 +94,9 @@ def output_rate(track: TrackAudio, fmt: OutputFormat) -> tuple[int, int | None]:
 
 
 def write_file(track: TrackAudio, file: ExportFile, fmt: OutputFormat,
-               cancel: threading.Event | None = None) -> Path:
+               cancel: threading.Event | None = None, overwrite: bool = False) -> Path:
+    """Write one file; an existing one is replaced only with `overwrite` (the person said
+    "Replace"), and then only once the new one is complete (engine.writers)."""
     parts, gains = [], []
     for lane, gain in zip(file.lanes, file.gains, strict=True):
         views = track.part_views(lane)
@@ -86,7 +104,7 @@ def write_file(track: TrackAudio, file: ExportFile, fmt: OutputFormat,
         gains += [gain] * len(views)
     rate, frames = output_rate(track, fmt)
     return write_audio(file.path, parts, track.samplerate, rate_out=rate, frames_out=frames,
-                       fmt=fmt, gains=gains, overwrite=True, cancel=cancel)
+                       fmt=fmt, gains=gains, overwrite=overwrite, cancel=cancel)
 
 
 class Exporter(QObject):
@@ -101,31 +119,40 @@ class Exporter(QObject):
         self._cancel = threading.Event()
         self.busy = False
 
-    def start(self, track: TrackAudio, files: list[ExportFile], fmt: OutputFormat) -> None:
-        """Write `files` from `track` (which the exporter closes when done)."""
+    def start(self, track: TrackAudio, files: list[ExportFile], fmt: OutputFormat,
+              overwrite: bool = False) -> None:
+        """Write `files` from `track` (which the exporter closes when done); existing files
+        are replaced only with `overwrite`."""
         self._cancel = threading.Event()
         self.busy = True
-        threading.Thread(target=self._run, args=(track, files, fmt, self._cancel),
+        threading.Thread(target=self._run, args=(track, files, fmt, self._cancel, overwrite),
                          name="demixer-export", daemon=True).start()
 
     def cancel(self) -> None:
         self._cancel.set()
 
     def _run(self, track: TrackAudio, files: list[ExportFile], fmt: OutputFormat,
-             cancel: threading.Event) -> None:
+             cancel: threading.Event, overwrite: bool) -> None:
         written: list[Path] = []
         try:
             for n, file in enumerate(files):
                 self.progress.emit(n, len(files))
-                written.append(write_file(track, file, fmt, cancel))
+                written.append(write_file(track, file, fmt, cancel, overwrite))
             self.busy = False
             self.finished.emit(written)
         except Cancelled:
             self.busy = False
             self.failed.emit("Export cancelled.")
+        except OutputExistsError:  # it appeared after the question: never replaced
+            self.busy = False
+            self.failed.emit(f"{files[len(written)].path} appeared while exporting and was "
+                             "not replaced; export again to choose what to do.")
         except DemixerError as err:
             self.busy = False
             self.failed.emit(str(err))
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            self.busy = False
+            self.failed.emit(unexpected_message(str(files[len(written)].path), err))
         finally:
             self.busy = False
             track.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import (
     QDialog,
     QHBoxLayout,
@@ -55,9 +56,10 @@ class ModelDialog(QDialog):
         self.error.setStyleSheet("color: #d9534f;")
         self.retry = QPushButton("Retry")
         self.folder = QPushButton("Show Folder")
+        self.folder.setToolTip(str(checkpoints_dir()))
         self.cancel = QPushButton("Cancel")
         self.retry.clicked.connect(self.start)
-        self.folder.clicked.connect(lambda: reveal(checkpoints_dir()))
+        self.folder.clicked.connect(self._show_folder)
         self.cancel.clicked.connect(self._cancel)
         self._build()
         loader.progress.connect(self._on_progress)
@@ -82,8 +84,8 @@ class ModelDialog(QDialog):
 
     def _build(self) -> None:
         what = ("is being prepared for the Neural Engine; this happens once" if self.converting
-                else "is needed to separate songs. It is downloaded once and kept in"
-                f"<br><code>{checkpoints_dir()}</code>")
+                else "is needed to separate songs. It is downloaded once and kept in this "
+                f"folder:<br><code>{checkpoints_dir()}</code>")
         intro = QLabel(f"<b>{self.entry.title}</b> {what}.")
         intro.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -110,10 +112,21 @@ class ModelDialog(QDialog):
                 ACTIVE if key == active else PENDING)
             label.setText(f"{mark}  {label.property('text_')}")
 
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refit()
+
+    def refit(self) -> None:
+        """Grow (or shrink) to the wrapped text: a QDialog's first size comes from size
+        hints that guess the wrapped labels' heights, and it does not follow a longer error
+        by itself, which clipped the path and the error's last line."""
+        self.adjustSize()
+
     def start(self) -> None:
         """(Re)start the download and load."""
         self.error.hide()
         self.retry.hide()
+        self.refit()
         self.bar.setRange(0, 1000)
         self.bar.setValue(0)
         self.detail.setText("Connecting…")
@@ -164,11 +177,17 @@ class ModelDialog(QDialog):
         self.error.setText(message)
         self.error.show()
         self.retry.show()
+        self.refit()
 
     def _on_cancelled(self, key: ModelKey) -> None:
         if key == self.key:
             self._why = "its download was cancelled"
             self.reject()
+
+    def _show_folder(self) -> None:
+        problem = reveal(checkpoints_dir())
+        if problem:  # no file manager here: the path is in the text above, say so
+            self.detail.setText(problem)
 
     def _cancel(self) -> None:
         self.reject()

@@ -15,6 +15,8 @@ from PySide6.QtCore import QEvent, QObject
 from PySide6.QtGui import QFileOpenEvent, QIcon
 from PySide6.QtWidgets import QApplication
 
+from app.filelock import FileLock
+from app.instance import InstanceServer, claim, hand_off
 from app.mainwindow import MainWindow
 from app.settings import Settings
 
@@ -65,8 +67,27 @@ def install_file_open_filter(app: QApplication, window: MainWindow) -> QObject:
     return handler
 
 
-def run_app(files: list[str]) -> int:
-    """Open the window with `files` queued as if dropped; run until it closes."""
+def bring_forward(window: MainWindow, files: list[str]) -> None:
+    """Files from a second `demixer FILE...`: show the window on top, then queue them
+    (in that order: a question they raise must not end up under the raised window)."""
+    if window.isMinimized():
+        window.showNormal()
+    window.show()
+    window.raise_()
+    window.activateWindow()
+    window.open_paths(files)
+
+
+def run_app(files: list[str], lock: FileLock | None = None) -> int:
+    """Open the window with `files` queued as if dropped; run until it closes. `lock` is
+    the app lock (`app.instance.claim`); without it, it is claimed here, and if another
+    instance holds it the files go to that one's window instead."""
+    lock = lock or claim()
+    if lock is None:
+        problem = hand_off(files)
+        if problem is not None:
+            print(f"demixer: {problem}", file=sys.stderr)
+        return 0 if problem is None else 1
     app = QApplication.instance()
     if app is None:
         app = DemixerApplication(sys.argv[:1])
@@ -75,10 +96,19 @@ def run_app(files: list[str]) -> int:
         app.set_window(window)
     else:
         install_file_open_filter(app, window)  # type: ignore[arg-type]
+    server = InstanceServer(lambda paths: bring_forward(window, paths), window)
+    if not server.listen():
+        print(f"demixer: later `demixer FILE` commands cannot reach this window "
+              f"({server.server.errorString()}).", file=sys.stderr)
     window.show()
-    # Ctrl+C in the terminal that ran `demixer`: close as ⌘Q would (the 30 Hz timer lets
-    # Python see the signal while Qt's loop waits).
-    signal.signal(signal.SIGINT, lambda *_: window.close())
+    # Ctrl+C in the terminal that ran `demixer`, or a SIGTERM: close as ⌘Q would, asking
+    # first if songs separate (the 30 Hz timer lets Python see the signal while Qt waits).
+    signal.signal(signal.SIGINT, lambda *_: window.request_quit())
+    signal.signal(signal.SIGTERM, lambda *_: window.request_quit())
     window.service.client.start()  # the worker warms up (imports, model) while the user looks
     window.open_paths(files)
-    return int(app.exec())
+    try:
+        return int(app.exec())
+    finally:
+        server.close()
+        lock.release()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,25 +36,27 @@ from PySide6.QtWidgets import (
 )
 
 from app.audio_output import AudioOutput
-from app.export import ExportDialog, Exporter
+from app.export import ExportDialog, Exporter, ExportFile, keep_both
 from app.firstrun import ModelDialog
 from app.icons import transport_icon
-from app.library import Library, LibraryEntry
+from app.library import Damaged, Library, LibraryEntry, complete_newest_first
 from app.mixer import Mixer
 from app.models import ModelKey, SeparationService
 from app.peaks import PeakBuilder, Peaks, load_all, save_all
 from app.preferences import PreferencesDialog
 from app.queue import QueueItem, SeparationQueue, State, format_eta
-from app.reveal import reveal
+from app.reveal import reveal, reveal_title
 from app.settings import MODELS, Settings
 from app.sidebar import LibraryView, QueueView
 from app.timeline import format_time
 from app.track import TrackAudio
 from app.trackview import DropHint, TrackView
 from engine.catalogue import get_entry
+from engine.decode import find_audio_files
 
 if TYPE_CHECKING:
     from engine.convert import ConvertProgress
+    from engine.writers import OutputFormat
 
 TICK_MS = 33  # the GUI's poll of the mixer, the peaks and the ready mark (~30 Hz)
 # NB: the GIL. Every Python slot or paintEvent override must take the GIL back from the
@@ -62,6 +65,9 @@ TICK_MS = 33  # the GUI's poll of the mixer, the peaks and the ready mark (~30 H
 # behind a busy worker could wait 75 ms. Half a millisecond keeps that under 10 ms.
 SWITCH_INTERVAL_S = 0.0005
 SEEK_S = 5.0
+# How long a quit waits for the worker to finish its chunk and checkpoint (a real-model
+# chunk takes seconds on a busy CPU; the niced worker gets the CPU last): else terminated.
+STOP_WAIT_S = 30.0
 FINE_SEEK_S = 1.0
 
 
@@ -71,7 +77,7 @@ class MainWindow(QMainWindow):
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.settings = settings
         self.library = library or Library()
-        self.library.remove_incomplete()
+        self.tidied = self.library.tidy()  # before the queue: nothing of ours runs yet
         self.service = SeparationService(self)
         self.queue = SeparationQueue(self.library, self.service, self)
         self.mixer = Mixer()
@@ -83,6 +89,8 @@ class MainWindow(QMainWindow):
         self.shown_entry: LibraryEntry | None = None
         self.builder: PeakBuilder | None = None
         self.model_dialog: ModelDialog | None = None
+        self._asking: QMessageBox | None = None  # the question `ask` shows now
+        self._force_quit = False  # a second SIGINT/SIGTERM: no question
         self.setWindowTitle("Demixer")
         self.setAcceptDrops(True)
         self.resize(1280, 800)
@@ -96,6 +104,7 @@ class MainWindow(QMainWindow):
         self.timer.timeout.connect(self._tick)
         self.timer.start()
         self.refresh_library()
+        self._list_interrupted()
         self._restore_state()
         self._update_transport()
         self.track_view.set_decibels(self.settings.waveform_decibels)
@@ -144,7 +153,7 @@ class MainWindow(QMainWindow):
         a, R = self._action, QAction.MenuRole
         self.open_action = a("Open…", "Ctrl+O", self.choose_files)
         self.export_action = a("Export…", "Ctrl+E", self.export)
-        self.reveal_action = a("Reveal in Finder", "Ctrl+Shift+R", self.reveal_current)
+        self.reveal_action = a(reveal_title(), "Ctrl+Shift+R", self.reveal_current)
         self.close_action = a("Close Window", "Ctrl+W", self.close)
         self.quit_action = a("Quit Demixer", "Ctrl+Q", self.close, R.QuitRole)
         self.prefs_action = a("Preferences…", "Ctrl+,", self.preferences, R.PreferencesRole)
@@ -260,15 +269,16 @@ class MainWindow(QMainWindow):
         lib = self.library_view
         lib.openRequested.connect(self.show_entry)
         lib.exportRequested.connect(self.export_entry)
-        lib.revealRequested.connect(lambda e: reveal(e.folder))
+        lib.revealRequested.connect(lambda e: self.reveal(e.folder))
         lib.deleteRequested.connect(self.delete_entry)
+        lib.damagedRequested.connect(self.resolve_damaged)
         self.track_view.gainsChanged.connect(self.mixer.set_gains)
         self.track_view.timeline.seekRequested.connect(self.seek)
         self.model_box.currentIndexChanged.connect(
             lambda: setattr(self.settings, "model", self.model_box.currentData()))
         self.two_stems_box.toggled.connect(lambda on: setattr(self.settings, "two_stems", on))
         self.exporter.finished.connect(self._on_exported)
-        self.exporter.failed.connect(lambda msg: self.statusBar().showMessage(msg, 10000))
+        self.exporter.failed.connect(self._on_export_failed)
         self.exporter.progress.connect(lambda n, total: self.statusBar().showMessage(
             f"Exporting {n + 1} of {total}…"))
         QGuiApplication.styleHints().colorSchemeChanged.connect(lambda _: self.update())
@@ -281,16 +291,44 @@ class MainWindow(QMainWindow):
                         max(1, s.shifts), s.segment)
 
     def open_paths(self, paths: list[str] | list[Path]) -> list[QueueItem]:
-        """Queue files and folders, as a drop does."""
+        """Queue files and folders, as a drop does. A song already in the library (the same
+        file, unchanged, same model) opens from there instead; "Separate Again" is offered."""
         if not paths:
             return []
         for path in paths:
             self.settings.add_recent(Path(path).expanduser().resolve())
-        items = self.queue.add(paths, self.model_key(), self.two_stems_box.isChecked())
-        self.sidebar.setCurrentWidget(self.queue_view)
+        key, two_stems = self.model_key(), self.two_stems_box.isChecked()
+        files = [Path(os.path.abspath(p)) for p in find_audio_files(paths)]
+        if not files:
+            names = ", ".join(Path(p).name for p in paths)
+            self.statusBar().showMessage(f"No audio files in {names}.", 8000)
+            return []
+        known = {f: e for f in files if (e := self.library.find(f, key.name, two_stems))}
+        items = self.queue.add([f for f in files if f not in known], key, two_stems)
         if items:
+            self.sidebar.setCurrentWidget(self.queue_view)
             self.statusBar().showMessage(f"Added {len(items)} file(s) to the queue.", 4000)
+        if known:
+            self.show_entry(next(iter(known.values())))
+            if not items:
+                self.sidebar.setCurrentWidget(self.library_view)
+            self.offer_separate_again(list(known), key, two_stems)
         return items
+
+    def offer_separate_again(self, files: list[Path], key: ModelKey, two_stems: bool) -> None:
+        """A non-blocking note that songs come from the library, with "Separate Again"."""
+        names = ", ".join(f"“{f.name}”" for f in files[:3]) + (" …" if len(files) > 3 else "")
+        box = QMessageBox(self)
+        box.setWindowTitle("Already separated")
+        box.setText(f"{names} {'is' if len(files) == 1 else 'are'} already in the library "
+                    f"({key.name}); opened from there. Separate again? The new stems replace "
+                    "the ones in the library once they are done.")
+        again = box.addButton("Separate Again", QMessageBox.ButtonRole.ActionRole)
+        box.addButton(QMessageBox.StandardButton.Ok)
+        box.finished.connect(lambda _: self.queue.add(files, key, two_stems)
+                             if box.clickedButton() is again else None)
+        box.open()
+        self.again_box = box
 
     def choose_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
@@ -358,16 +396,21 @@ class MainWindow(QMainWindow):
     # --- showing a song ------------------------------------------------------------------------
 
     def show_item(self, item: QueueItem) -> None:
+        """Show a queue item's stems (growing or done); the highlight stays on the song
+        shown when there is nothing to show yet (queued, failed)."""
         if item is self.shown_item and self.track is not None:
+            self.queue_view.select(item)
             return
         try:
             track = self.queue.track_for(item)
         except (OSError, ValueError) as err:
             self.statusBar().showMessage(f"{item.path.name} cannot be shown ({err}).", 8000)
-            return
+            track = None
         if track is not None:
             entry = item.entry if item.state == State.DONE else None
             self.show_track(track, item=item, entry=entry)
+        else:
+            self.queue_view.select(self.shown_item if self.track is not None else None)
 
     def show_entry(self, entry: LibraryEntry) -> None:
         if entry is self.shown_entry or (self.shown_entry is not None
@@ -385,6 +428,8 @@ class MainWindow(QMainWindow):
                    entry: LibraryEntry | None = None) -> None:
         self._unload()
         self.track, self.shown_item, self.shown_entry = track, item, entry
+        self.queue_view.select(item if track is not None else None)
+        self.library_view.select(entry if track is not None and item is None else None)
         if track is None:
             self.track_view.set_track(None)
             self.stack.setCurrentWidget(self.drop_hint)
@@ -520,33 +565,112 @@ class MainWindow(QMainWindow):
             return
         self.start_export(entry, dialog.files(), dialog.fmt())
 
-    def start_export(self, entry: LibraryEntry, files: list, fmt: object) -> None:
+    def start_export(self, entry: LibraryEntry, files: list[ExportFile],
+                     fmt: OutputFormat) -> None:
         if not files:
             self.statusBar().showMessage("Nothing to export: every lane is silent.", 6000)
             return
-        self.exporter.start(entry.open_track(), files, fmt)  # type: ignore[arg-type]
+        chosen = self.existing_files_answer(files)
+        if chosen is None:
+            return
+        files, overwrite = chosen
+        self.exporter.start(entry.open_track(), files, fmt, overwrite)
         self._update_transport()
+
+    def existing_files_answer(self, files: list[ExportFile]
+                              ) -> tuple[list[ExportFile], bool] | None:
+        """Files that exist already are replaced, or kept beside numbered new ones, as the
+        person answers; None for Cancel. (files to write, whether to replace)"""
+        existing = [f.path for f in files if f.path.exists()]
+        if not existing:
+            return files, False
+        names = ", ".join(f"“{p.name}”" for p in existing[:4]) + (
+            f" and {len(existing) - 4} more" if len(existing) > 4 else "")
+        first = keep_both([f for f in files if f.path == existing[0]])[0].path.name
+        answer = self.ask("Replace existing files?",
+                          f"{names} already {'exists' if len(existing) == 1 else 'exist'} in "
+                          f"{existing[0].parent}. Replace, or keep both (the new files get a "
+                          f"number, e.g. “{first}”)?", ["Replace", "Keep Both", "Cancel"],
+                          default="Keep Both")
+        if answer == "Replace":
+            return files, True
+        if answer == "Keep Both":
+            return keep_both(files), False
+        return None
 
     def _on_exported(self, paths: list[Path]) -> None:
         self._update_transport()
         self.last_export = paths
         if not paths:
+            self.statusBar().clearMessage()
             return
+        self.statusBar().showMessage(f"Exported {len(paths)} file(s) to {paths[0].parent}.",
+                                     8000)
         box = QMessageBox(self)
         box.setWindowTitle("Export finished")
         box.setText(f"Exported {len(paths)} file(s) to {paths[0].parent}.")
-        show = box.addButton("Reveal in Finder", QMessageBox.ButtonRole.ActionRole)
+        show = box.addButton(reveal_title(), QMessageBox.ButtonRole.ActionRole)
         box.addButton(QMessageBox.StandardButton.Ok)
-        box.finished.connect(lambda _: reveal(paths[0]) if box.clickedButton() is show else None)
+        box.finished.connect(lambda _: self.reveal(paths[0]) if box.clickedButton() is show
+                             else None)
         box.open()
+
+    def _on_export_failed(self, message: str) -> None:
+        self._update_transport()
+        self.statusBar().showMessage(message, 10000)
+
+    def reveal(self, path: Path) -> None:
+        """Show `path` in the file manager, or say in the status bar why it cannot."""
+        problem = reveal(path)
+        if problem:
+            self.statusBar().showMessage(problem, 10000)
 
     def reveal_current(self) -> None:
         entry = self._export_entry()
         if entry is not None:
-            reveal(entry.folder)
+            self.reveal(entry.folder)
 
     def refresh_library(self) -> None:
-        self.library_view.set_entries(self.library.entries())
+        entries, damaged = self.library.listing()
+        self.library_view.set_entries(complete_newest_first(entries), damaged)
+        if self.shown_item is None:
+            self.library_view.select(self.shown_entry)
+
+    def resolve_damaged(self, damaged: Damaged) -> None:
+        """A library folder that cannot be read: the person deletes it or keeps it."""
+        answer = self.ask("Damaged library folder",
+                          f"The library folder {damaged.folder} cannot be read: "
+                          f"{damaged.reason}. Delete it with everything in it, or keep it "
+                          "as it is?", ["Delete", "Keep"], default="Keep")
+        if answer == "Delete":
+            self.library.delete_folder(damaged.folder)
+            self.refresh_library()
+        self.library_view.select(self.shown_entry if self.shown_item is None else None)
+
+    def ask(self, title: str, text: str, buttons: list[str], default: str | None = None) -> str:
+        """A modal question; the text of the button chosen ("" if the box was closed).
+        The one place the window waits for an answer: tests replace it."""
+        box = QMessageBox(self)
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle(title)
+        box.setText(text)
+        made = {}
+        for name in buttons:
+            role = (QMessageBox.ButtonRole.RejectRole if name == "Cancel"
+                    else QMessageBox.ButtonRole.AcceptRole if name == buttons[0]
+                    else QMessageBox.ButtonRole.ActionRole)
+            button = box.addButton(name, role)
+            made[button] = name
+            if name == default:
+                box.setDefaultButton(button)
+            if name in ("Cancel", "Keep"):
+                box.setEscapeButton(button)
+        self._asking = box
+        try:
+            box.exec()
+        finally:
+            self._asking = None
+        return made.get(box.clickedButton(), "")  # type: ignore[call-overload]
 
     def delete_entry(self, entry: LibraryEntry) -> None:
         answer = QMessageBox.question(
@@ -599,9 +723,26 @@ class MainWindow(QMainWindow):
 
     def about(self) -> None:
         QMessageBox.about(self, "About Demixer",
-                          "<b>Demixer</b><br>Stem separation with HTDemucs, on your Mac.")
+                          "<b>Demixer</b><br>Stem separation with HTDemucs, on your "
+                          f"{'Mac' if sys.platform == 'darwin' else 'computer'}.")
 
     # --- window state ------------------------------------------------------------------------
+
+    def _list_interrupted(self) -> None:
+        """Separations a quit or crash stopped go in the queue to resume (by themselves if
+        the preference says so); damaged library folders are pointed out."""
+        items = self.queue.add_interrupted(self.tidied.interrupted)
+        if items and self.settings.resume_automatically:
+            for item in items:
+                self.queue.resume(item)
+        notes = []
+        if items:
+            notes.append(f"{len(items)} interrupted separation(s) can resume: see the Queue.")
+        if self.tidied.damaged:
+            notes.append(f"{len(self.tidied.damaged)} library folder(s) cannot be read: see "
+                         "the Library.")
+        if notes:
+            self.statusBar().showMessage(" ".join(notes), 15000)
 
     def _restore_state(self) -> None:
         geometry = self.settings.window_state("geometry")
@@ -615,19 +756,51 @@ class MainWindow(QMainWindow):
             self.splitter.restoreState(splitter)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        if not self.confirm_quit():
+            event.ignore()
+            return
         self.settings.set_window_state("geometry", self.saveGeometry())
         self.settings.set_window_state("state", self.saveState())
         self.settings.set_window_state("splitter", self.splitter.saveState())
         self.settings.sync()
-        self.shutdown()
+        self.hide()  # gone at once for the person; the worker may take a chunk to stop
+        self.shutdown(STOP_WAIT_S)
         super().closeEvent(event)
 
-    def shutdown(self) -> None:
-        """Stop everything this window started (threads, stream, jobs)."""
+    def confirm_quit(self) -> bool:
+        """Quitting while songs separate or wait asks first; True to go ahead."""
+        if self._force_quit or not self.queue.busy:
+            return True
+        running = next((i for i in self.queue.items if i.state == State.SEPARATING), None)
+        waiting = sum(i.state in (State.QUEUED, State.PREPARING) for i in self.queue.items)
+        text = ""
+        if running is not None:
+            done = f" ({running.fraction:.0%} done)" if running.stage == "separating" else ""
+            text = (f"“{running.path.name}” is being separated{done}. If you quit now, it "
+                    "resumes where it stopped when you open Demixer again.")
+        if waiting:
+            text += (f"{' ' if text else ''}{waiting} song(s) waiting in the queue will need "
+                     "to be added again.")
+        answer = self.ask("Quit Demixer?", text, ["Quit", "Cancel"], default="Cancel")
+        return answer == "Quit" or self._force_quit
+
+    def request_quit(self) -> None:
+        """SIGINT/SIGTERM: close as ⌘Q would (asking first); a second one while the question
+        is open answers it with Quit."""
+        if self._asking is not None and self._asking.windowTitle() == "Quit Demixer?":
+            self._force_quit = True
+            self._asking.done(0)  # the question returns, and confirm_quit sees the force
+            return
+        self.close()
+
+    def shutdown(self, wait_s: float = 5.0) -> None:
+        """Stop everything this window started (threads, stream, jobs). A running
+        separation is left resumable (its stems stay in the library folder); its worker
+        gets `wait_s` seconds to finish the chunk it is on."""
         self.timer.stop()
-        self.queue.cancel_all()
-        self.service.close()  # the worker cancels its job and exits
-        self.queue.abandon()
+        self.queue.suspend()
+        self.service.close(wait_s)  # the worker stops its job (keeping its checkpoint)
+        self.queue.release_all()
         self.exporter.cancel()
         self.output.close()
         self._unload()

@@ -104,25 +104,29 @@ class SeparationService(QObject):
     # --- jobs ----------------------------------------------------------------------------
 
     def separate(self, job_id: int, path: Path, key: ModelKey, stems_dir: Path,
-                 mix_dir: Path) -> LiveProgress:
+                 mix_dir: Path, resume: bool = False) -> LiveProgress:
+        """Start a job; `resume` continues the checkpointed stems in `stems_dir`."""
         live = LiveProgress()
         with self._lock:
             self._live[job_id] = live
-        self.client.send(("separate", job_id, str(path), key, str(stems_dir), str(mix_dir)))
+        self.client.send(("separate", job_id, str(path), key, str(stems_dir), str(mix_dir),
+                          resume))
         self._loaded = key  # the worker loads it for the job if it had another
         return live
 
     def cancel_job(self, job_id: int) -> None:
         self.client.send(("cancel", job_id))
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker (its job keeps its finished chunks); after `timeout` seconds it
+        is terminated (the last checkpoint on disk still holds)."""
+        self.client.close(timeout)
 
     # --- messages ------------------------------------------------------------------------
 
     def _from_reader(self, message: Message) -> None:
         """On the reader thread: raise the ready mark at once, then queue to the GUI."""
-        if message[0] == "event" and message[2].kind == "ready":
+        if message[0] == "event" and message[2].kind in ("ready", "resumed"):
             with self._lock:
                 live = self._live.get(message[1])
             if live is not None:

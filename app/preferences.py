@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -66,6 +67,8 @@ class PreferencesDialog(QDialog):
         self.shifts.setToolTip("More passes with shifted audio: slightly better stems, "
                                "proportionally slower (demucs --shifts).")
         self.backend = combo(BACKEND_TITLES, settings.backend)
+        self.resume = QCheckBox("Resume interrupted separations automatically")
+        self.resume.setChecked(settings.resume_automatically)
         self.units = combo(UNIT_TITLES, settings.compute_units)
         if not coreml_supported():  # Core ML runs on macOS 13+ only
             self.backend.model().item(self.backend.findData("coreml")).setEnabled(False)  # type: ignore[attr-defined]
@@ -97,6 +100,7 @@ class PreferencesDialog(QDialog):
         form.addRow("Quality:", self.shifts)
         form.addRow("Backend:", self.backend)
         form.addRow("Compute units:", self.units)
+        form.addRow("", self.resume)
         form.addRow(QLabel("<b>Export</b>"))
         folder = QHBoxLayout()
         folder.addWidget(self.folder, 1)
@@ -125,6 +129,7 @@ class PreferencesDialog(QDialog):
         s.shifts = self.shifts.value()
         s.backend = self.backend.currentData()
         s.compute_units = self.units.currentData()
+        s.resume_automatically = self.resume.isChecked()
         s.output_dir = Path(self.folder.text().strip() or str(s.output_dir)).expanduser()
         s.container = self.container.currentData()
         s.sample_format = self.depth_box.currentData()

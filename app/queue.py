@@ -10,6 +10,7 @@ the song's library folder (`app.library`), and kept there when the separation fi
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from app.library import Library, LibraryEntry
+from app.library import Library, LibraryEntry, resumable_fraction
 from app.models import LiveProgress, ModelKey, SeparationService, needs_setup
 from app.track import TrackAudio, make_lanes
 from engine.decode import find_audio_files
@@ -33,6 +34,7 @@ class State(Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # a quit, crash or power loss stopped it: it can resume
 
 
 ACTIVE = (State.PREPARING, State.SEPARATING)
@@ -55,6 +57,8 @@ class QueueItem:
     cancelling: bool = False
     started: float = 0.0  # time.monotonic() when its job started
     seconds: float = 0.0  # how long the separation took
+    resume: bool = False  # continue the entry's checkpointed stems instead of starting over
+    resumed_at: float = 0.0  # the fraction a resumed run started from
     id: int = field(default_factory=lambda: next(_ids))
 
     def status_text(self) -> str:
@@ -71,6 +75,10 @@ class QueueItem:
             return self.message or "Preparing model…"
         if self.state == State.DONE and self.seconds:
             return f"Done in {format_eta(self.seconds)}"
+        if self.state == State.INTERRUPTED:
+            return f"Interrupted at {self.fraction:.0%}"
+        if self.state == State.CANCELLED and self.resume:
+            return f"Cancelled at {self.fraction:.0%}"
         return self.state.value.capitalize()
 
 
@@ -106,7 +114,10 @@ class SeparationQueue(QObject):
     # --- the GUI's actions -----------------------------------------------------------------
 
     def add(self, paths: Iterable[str | Path], key: ModelKey, two_stems: bool) -> list[QueueItem]:
-        items = [QueueItem(path=p, key=key, two_stems=two_stems) for p in find_audio_files(paths)]
+        """Queue files (folders are walked); paths are made absolute, as the library keeps
+        them (a relative one from the command line would not match the song later)."""
+        items = [QueueItem(path=Path(os.path.abspath(p)), key=key, two_stems=two_stems)
+                 for p in find_audio_files(paths)]
         for item in items:
             self.items.append(item)
             self.added.emit(item)
@@ -125,15 +136,42 @@ class SeparationQueue(QObject):
             self.service.cancel_job(item.id)  # the job's "cancelled" event finishes the item
 
     def retry(self, item: QueueItem) -> None:
+        """Run a failed or cancelled item again: from its checkpoint if it left one."""
         if item.state in (State.FAILED, State.CANCELLED):
-            item.fraction, item.eta_s, item.message, item.stage = 0.0, None, "", ""
+            if not item.resume:
+                item.fraction = 0.0
+            item.eta_s, item.message, item.stage = None, "", ""
             item.cancelling, item.info, item.live = False, None, None
             self._set(item, State.QUEUED)
             self._pump()
 
+    def add_interrupted(self, entries: Iterable[LibraryEntry]) -> list[QueueItem]:
+        """List separations a quit or crash stopped (from `Library.tidy`), to resume."""
+        items = []
+        for entry in entries:
+            key = ModelKey(entry.model, entry.backend, entry.compute_units, entry.shifts,
+                           entry.segment)
+            item = QueueItem(path=Path(entry.source), key=key, two_stems=entry.two_stems,
+                             state=State.INTERRUPTED, entry=entry, resume=True,
+                             fraction=resumable_fraction(entry.stems_dir) or 0.0)
+            items.append(item)
+            self.items.append(item)
+            self.added.emit(item)
+        return items
+
+    def resume(self, item: QueueItem) -> None:
+        """Continue an interrupted separation from its last checkpoint."""
+        if item.state == State.INTERRUPTED:
+            self._set(item, State.QUEUED)
+            self._pump()
+
     def remove(self, item: QueueItem) -> None:
+        """Take `item` off the queue; unfinished stems it kept for a resume go too."""
         if item.state in ACTIVE:
             self.cancel(item)
+        if item.state != State.DONE and item.state not in ACTIVE and item.entry is not None:
+            self.library.delete(item.entry)
+            item.entry = None
         if item in self.items:
             self.items.remove(item)
             self.removed.emit(item)
@@ -198,17 +236,40 @@ class SeparationQueue(QObject):
         self._pump()
 
     def _start_job(self, item: QueueItem) -> None:
+        if item.resume and item.entry is not None:
+            self._resume_job(item, item.entry)
+            return
+        k = item.key
         try:
-            entry = self.library.create(item.path, item.key.name, item.two_stems)
+            entry = self.library.create(item.path, k.name, item.two_stems, backend=k.backend,
+                                        compute_units=k.compute_units, shifts=k.shifts,
+                                        segment=k.segment)
         except OSError as err:
             self._finish(item, State.FAILED, f"The library folder {self.library.root} cannot "
                                              f"be written ({err.strerror or err}).")
             return
         item.entry = entry
-        item.started = time.monotonic()
+        item.started, item.resumed_at = time.monotonic(), 0.0
         self._set(item, State.SEPARATING, "")
         item.live = self.service.separate(item.id, item.path, item.key, entry.stems_dir,
                                          entry.mix_dir)
+
+    def _resume_job(self, item: QueueItem, entry: LibraryEntry) -> None:
+        try:
+            self.library.lock(entry)
+        except OSError:
+            self._finish(item, State.FAILED, f"{entry.folder} is in use by another Demixer.",
+                         discard=False)
+            return
+        item.started, item.resumed_at = time.monotonic(), 0.0
+        self._set(item, State.SEPARATING, "")
+        item.live = self.service.separate(item.id, item.path, item.key, entry.stems_dir,
+                                         entry.mix_dir, resume=True)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a separation runs or waits (quitting now would stop it)."""
+        return any(i.state in (State.QUEUED, *ACTIVE) for i in self.items)
 
     def _item(self, job_id: int) -> QueueItem | None:
         return next((i for i in self.items if i.id == job_id), None)
@@ -239,19 +300,32 @@ class SeparationQueue(QObject):
             return
         if event.kind in ("stage", "progress"):
             item.stage = event.stage or item.stage
-            item.fraction = event.fraction if event.kind == "progress" else 0.0
+            item.fraction = event.fraction if event.kind == "progress" else (
+                item.resumed_at if event.stage == "separating" else 0.0)
             item.eta_s = event.eta_s
             self.changed.emit(item)
             if event.kind == "stage" and event.stage == "separating":
                 self.trackStarted.emit(item)
+        elif event.kind == "resumed":
+            item.fraction = item.resumed_at = event.fraction
+            self.changed.emit(item)
         elif event.kind == "done":
             self._complete(item)
         elif event.kind == "failed":
-            self._finish(item, State.FAILED, event.message)
+            self._finish(item, State.FAILED, event.message, discard=not self._keeps(item))
         elif event.kind == "cancelled":
-            self._finish(item, State.CANCELLED, "")
+            self._finish(item, State.CANCELLED, "", discard=not self._keeps(item))
         if event.kind in ("done", "failed", "cancelled"):
             item.live = None
+
+    def _keeps(self, item: QueueItem) -> bool:
+        """After a cancel or failure: whether the job left a checkpoint to resume (then
+        Retry resumes it; removing the item or quitting discards it)."""
+        fraction = resumable_fraction(item.entry.stems_dir) if item.entry else None
+        if fraction is None:
+            return False
+        item.fraction = fraction
+        return True
 
     def _complete(self, item: QueueItem) -> None:
         entry = item.entry
@@ -269,10 +343,16 @@ class SeparationQueue(QObject):
         self._finish(item, State.DONE, "")
         self.finished.emit(item)
 
-    def _finish(self, item: QueueItem, state: State, message: str) -> None:
-        if state != State.DONE and item.entry is not None:
+    def _finish(self, item: QueueItem, state: State, message: str,
+                discard: bool = True) -> None:
+        """End `item`'s run; unless DONE, its library folder goes too, or (not `discard`)
+        stays for a resume."""
+        if item.entry is not None:
+            self.library.release(item.entry)
+        if state != State.DONE and item.entry is not None and discard:
             self.library.delete(item.entry)
             item.entry = None
+        item.resume = state != State.DONE and item.entry is not None
         self._set(item, state, message)
         if self.current is item:
             self.current = None
@@ -294,9 +374,20 @@ class SeparationQueue(QObject):
                           progress=item.live, source_rate=entry.source_rate,
                           source_frames=entry.source_frames)
 
-    def abandon(self) -> None:
-        """At quit: forget unfinished separations (the worker is told to stop separately)."""
+    def suspend(self) -> None:
+        """At quit: a running separation becomes interrupted, its stems stay on disk to
+        resume at the next start (the worker is stopped separately, then `release_all`), as
+        do those a failure left resumable; what the person cancelled goes."""
         for item in self.items:
-            if item.state in ACTIVE and item.entry is not None:
+            if item.state in ACTIVE:
+                self._set(item, State.INTERRUPTED if item.entry is not None else State.QUEUED)
+            elif item.state == State.CANCELLED and item.entry is not None:
                 self.library.delete(item.entry)
                 item.entry = None
+        self.current = None
+
+    def release_all(self) -> None:
+        """After the worker has stopped: let other processes tidy these folders."""
+        for item in self.items:
+            if item.entry is not None:
+                self.library.release(item.entry)

@@ -89,6 +89,15 @@ class Settings:
     def segment(self, value: float | None) -> None:
         self.store.setValue("separation/segment", float(value or 0.0))
 
+    @property
+    def resume_automatically(self) -> bool:
+        """Resume separations a quit or crash interrupted as soon as the app opens."""
+        return bool(self._get("separation/resume_automatically", False, bool))
+
+    @resume_automatically.setter
+    def resume_automatically(self, value: bool) -> None:
+        self.store.setValue("separation/resume_automatically", bool(value))
+
     # --- output -------------------------------------------------------------------------
     @property
     def output_dir(self) -> Path:

@@ -4,9 +4,10 @@ library of finished songs (open, export, reveal, delete)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from PySide6.QtCore import QPoint, Qt, Signal
-from PySide6.QtGui import QAction, QKeyEvent
+from PySide6.QtGui import QAction, QColor, QKeyEvent
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
@@ -19,8 +20,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.library import LibraryEntry
+from app.library import Damaged, LibraryEntry
 from app.queue import QueueItem, SeparationQueue, State
+from app.reveal import reveal_title
 from app.timeline import format_time
 
 
@@ -31,6 +33,21 @@ def _button(text: str, tip: str) -> QToolButton:
     button.setAutoRaise(True)
     button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
     return button
+
+
+def _select(view: QListWidget, widget: QListWidgetItem | None) -> None:
+    """Make `widget` the one highlighted row of `view` (none if None), quietly."""
+    view.blockSignals(True)
+    try:
+        view.clearSelection()
+        if widget is None:
+            view.setCurrentRow(-1)
+        else:
+            view.setCurrentItem(widget)
+            widget.setSelected(True)
+    finally:
+        view.blockSignals(False)
+    view.viewport().update()
 
 
 class QueueRow(QWidget):
@@ -48,14 +65,16 @@ class QueueRow(QWidget):
         self.bar.setFixedHeight(5)
         self.cancel = _button("✕", "Cancel")
         self.retry = _button("↻", "Retry")
+        self.resume = _button("Resume", "Continue the separation where it stopped")
         self.remove = _button("−", "Remove from the queue")
         self.cancel.clicked.connect(lambda: queue.cancel(item))
         self.retry.clicked.connect(lambda: queue.retry(item))
+        self.resume.clicked.connect(lambda: queue.resume(item))
         self.remove.clicked.connect(lambda: queue.remove(item))
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.name, 1)
-        for b in (self.cancel, self.retry, self.remove):
+        for b in (self.cancel, self.resume, self.retry, self.remove):
             top.addWidget(b)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 4, 6, 6)
@@ -80,7 +99,11 @@ class QueueRow(QWidget):
             self.bar.setValue(int(1000 * item.fraction) if item.stage == "separating" else 0)
         self.cancel.setVisible(running or item.state == State.QUEUED)
         self.retry.setVisible(item.state in (State.FAILED, State.CANCELLED))
+        self.retry.setToolTip(f"Resume from {item.fraction:.0%}" if item.resume else "Retry")
+        self.resume.setVisible(item.state == State.INTERRUPTED)
         self.remove.setVisible(not running)
+        if item.state == State.INTERRUPTED:
+            self.remove.setToolTip("Remove from the queue, with its partial stems")
 
 
 class QueueView(QListWidget):
@@ -119,6 +142,11 @@ class QueueView(QListWidget):
     def row_for(self, item: QueueItem) -> QueueRow:
         return self.rows[item.id][1]
 
+    def select(self, item: QueueItem | None) -> None:
+        """Highlight `item`'s row (the song shown), or none."""
+        widget = self.rows[item.id][0] if item is not None and item.id in self.rows else None
+        _select(self, widget)
+
     def _clicked(self, widget: QListWidgetItem) -> None:
         item_id = widget.data(Qt.ItemDataRole.UserRole)
         item = next((i for i in self.queue.items if i.id == item_id), None)
@@ -131,18 +159,21 @@ class LibraryView(QListWidget):
     exportRequested = Signal(object)
     revealRequested = Signal(object)
     deleteRequested = Signal(object)
+    damagedRequested = Signal(object)  # app.library.Damaged: delete or keep?
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.entries: list[LibraryEntry] = []
-        self.itemClicked.connect(lambda w: self.openRequested.emit(self._entry(w)))
-        self.itemActivated.connect(lambda w: self.openRequested.emit(self._entry(w)))
+        self.damaged: list[Damaged] = []
+        self.itemClicked.connect(self._open)
+        self.itemActivated.connect(self._open)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.customContextMenuRequested.connect(self._menu)
 
-    def set_entries(self, entries: list[LibraryEntry]) -> None:
+    def set_entries(self, entries: list[LibraryEntry], damaged: Sequence[Damaged] = ()) -> None:
+        """Finished songs, then folders that cannot be read (listed, never hidden)."""
         self.clear()
-        self.entries = entries
+        self.entries, self.damaged = entries, list(damaged)
         for index, entry in enumerate(entries):
             when = time.strftime("%d %b %Y", time.localtime(entry.created))
             two = " · vocals/instrumental" if entry.two_stems else ""
@@ -151,13 +182,35 @@ class LibraryView(QListWidget):
             widget.setData(Qt.ItemDataRole.UserRole, index)
             widget.setToolTip(entry.source)
             self.addItem(widget)
+        for index, bad in enumerate(self.damaged, start=len(entries)):
+            widget = QListWidgetItem(f"⚠ {bad.folder.name}\nDamaged: {bad.reason}")
+            widget.setData(Qt.ItemDataRole.UserRole, index)
+            widget.setToolTip(f"{bad.folder}: click to delete or keep it")
+            widget.setForeground(QColor("#d9534f"))
+            self.addItem(widget)
 
-    def _entry(self, widget: QListWidgetItem) -> LibraryEntry:
-        return self.entries[int(widget.data(Qt.ItemDataRole.UserRole))]
+    def _entry(self, widget: QListWidgetItem) -> LibraryEntry | Damaged:
+        index = int(widget.data(Qt.ItemDataRole.UserRole))
+        return self.entries[index] if index < len(self.entries) else (
+            self.damaged[index - len(self.entries)])
+
+    def _open(self, widget: QListWidgetItem) -> None:
+        entry = self._entry(widget)
+        if isinstance(entry, Damaged):
+            self.damagedRequested.emit(entry)
+        else:
+            self.openRequested.emit(entry)
+
+    def select(self, entry: LibraryEntry | None) -> None:
+        """Highlight `entry`'s row (the song shown), or none."""
+        index = next((i for i, e in enumerate(self.entries)
+                      if entry is not None and e.folder == entry.folder), None)
+        _select(self, None if index is None else self.item(index))
 
     def current_entry(self) -> LibraryEntry | None:
         widget = self.currentItem()
-        return None if widget is None else self._entry(widget)
+        entry = None if widget is None else self._entry(widget)
+        return entry if isinstance(entry, LibraryEntry) else None
 
     def _menu(self, pos: QPoint) -> None:
         widget = self.itemAt(pos)
@@ -165,8 +218,14 @@ class LibraryView(QListWidget):
             return
         entry = self._entry(widget)
         menu = QMenu(self)
+        if isinstance(entry, Damaged):
+            action = QAction("Delete or Keep…", menu)
+            action.triggered.connect(lambda _=False: self.damagedRequested.emit(entry))
+            menu.addAction(action)
+            menu.popup(self.viewport().mapToGlobal(pos))
+            return
         for text, signal in (("Open", self.openRequested), ("Export…", self.exportRequested),
-                             ("Reveal in Finder", self.revealRequested),
+                             (reveal_title(), self.revealRequested),
                              ("Delete…", self.deleteRequested)):
             action = QAction(text, menu)
             action.triggered.connect(lambda _=False, s=signal: s.emit(entry))

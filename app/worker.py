@@ -10,8 +10,9 @@ wait for it. The stems still stream: the child writes them into the library fold
 new ready mark; the GUI process reads only below that mark, with its own file descriptors.
 
 Protocol over one duplex `multiprocessing` pipe (messages are tuples of picklable values):
-  parent -> child: ("prepare", key) | ("separate", job_id, path, key, stems_dir, mix_dir)
-                   | ("cancel", job_id) | ("quit",)
+  parent -> child: ("prepare", key)
+                   | ("separate", job_id, path, key, stems_dir, mix_dir, resume)
+                   | ("cancel", job_id) | ("quit",)   (both keep the finished chunks)
   child -> parent: ("model", kind, key, payload)   progress|convert|loaded|failed|cancelled
                    ("track", job_id, info)         stems exist: frames, rates, sources
                    ("event", job_id, JobEvent)     the job's events, as engine.job sends them
@@ -23,6 +24,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -49,10 +51,16 @@ class _Child:
         self.cached: tuple[Any, Any] | None = None  # (ModelKey, Separator)
         self.pending: list[Message] = []
         self.quitting = False
+        self.parent_gone = False  # the app died (a crash, kill -9): nobody reads any more
 
     def send(self, message: Message) -> None:
         with self.send_lock:  # NB: the job thread and the main thread both send
-            self.conn.send(message)
+            if self.parent_gone:
+                return
+            try:
+                self.conn.send(message)
+            except OSError:  # e.g. BrokenPipeError: the job must not die of it mid-chunk
+                self.parent_gone = True
 
     def run(self) -> None:
         while not self.quitting:
@@ -95,10 +103,15 @@ class _Child:
             self.send(("model", "failed", key, str(err)))
         except (OSError, RuntimeError, MemoryError) as err:  # torch or the disk
             self.send(("model", "failed", key, f"Model {key.name} cannot be loaded ({err})."))
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            from engine.logfile import unexpected_message
+
+            self.send(("model", "failed", key, unexpected_message(f"Model {key.name}", err)))
         else:
             self.send(("model", "loaded", key, None))
 
-    def separate(self, job_id: int, path: str, key: Any, stems_dir: str, mix_dir: str) -> None:
+    def separate(self, job_id: int, path: str, key: Any, stems_dir: str, mix_dir: str,
+                 resume: bool = False) -> None:
         from engine.errors import DemixerError
         from engine.job import JobEvent, SeparationJob
 
@@ -107,17 +120,52 @@ class _Child:
         except (DemixerError, OSError, RuntimeError, MemoryError) as err:
             self.send(("event", job_id, JobEvent("failed", message=str(err))))
             return
-        job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir))
-        job.on_event = lambda event: self.on_event(job, job_id, Path(mix_dir), event)
-        thread = job.start()
-        while thread.is_alive():
-            if self.conn.poll(POLL_S):
-                self.during_job(self.conn.recv(), job, job_id)
-        thread.join()
+        except Exception as err:  # a bug or a library's surprise: logged, one line
+            from engine.logfile import unexpected_message
 
-    def during_job(self, message: Message, job: Any, job_id: int) -> None:
+            message = unexpected_message(f"Model {key.name}", err)
+            self.send(("event", job_id, JobEvent("failed", message=message)))
+            return
+        # the stems go straight into the library folder, checkpointed: a quit, crash or
+        # cancel leaves them resumable; `resume` continues such a checkpoint (engine.job)
+        job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir), resume=resume)
+        job.job_id = job_id  # type: ignore[attr-defined]
+        ended: list[str] = []
+
+        def on_event(event: Any) -> None:
+            if event.kind in ("done", "failed", "cancelled"):
+                ended.append(event.kind)
+            self.on_event(job, job_id, key.name, Path(mix_dir), event)
+
+        job.on_event = on_event
+        try:
+            with WorkerLock(Path(stems_dir).parent):
+                self.run_job(job)
+        except BlockingIOError:
+            ended.append("failed")
+            self.send(("event", job_id, JobEvent("failed", message=(
+                f"{Path(path).name}: its library folder is still in use by a Demixer that "
+                "is stopping; try again in a moment."))))
+        if not ended:  # the job died of an error it does not name: never leave it running
+            why = f"{Path(path).name}: the separation stopped on an unexpected error."
+            self.send(("event", job_id, JobEvent("failed", message=why)))
+
+    def run_job(self, job: Any) -> None:
+        """Run `job`, serving messages meanwhile. If the app goes away (a crash, kill -9:
+        the pipe ends), cancel it, which keeps its finished chunks for the next start."""
+        thread = job.start()
+        try:
+            while thread.is_alive():
+                if self.conn.poll(POLL_S):
+                    self.during_job(self.conn.recv(), job)
+        except (EOFError, OSError):
+            self.parent_gone = self.quitting = True
+            job.cancel()
+        job.finished.wait()
+
+    def during_job(self, message: Message, job: Any) -> None:
         if message[0] == "cancel":
-            if message[1] == job_id:
+            if message[1] == job.job_id:
                 job.cancel()
         elif message[0] == "quit":
             job.cancel()
@@ -125,27 +173,59 @@ class _Child:
         else:
             self.pending.append(message)
 
-    def on_event(self, job: Any, job_id: int, mix_dir: Path, event: Any) -> None:
+    def on_event(self, job: Any, job_id: int, model: str, mix_dir: Path, event: Any) -> None:
         """On the job's thread: keep the original mix once decoded, then report."""
         if event.kind == "stage" and event.stage == "separating":
-            self.send(("track", job_id, keep_mix(job, mix_dir)))
+            self.send(("track", job_id, keep_mix(job, model, mix_dir)))
         self.send(("event", job_id, event))
 
 
-def keep_mix(job: Any, mix_dir: Path) -> dict[str, Any]:
+def keep_mix(job: Any, model: str, mix_dir: Path) -> dict[str, Any]:
     """Copy the decoded original into `mix_dir`; what the GUI needs to open the stems."""
     from app.library import copy_mix
     from engine.errors import DemixerError
 
     track = job.track
+    about = dict(source=str(job.path), model=model, source_rate=track.source_rate,
+                 source_frames=track.source_frames)
     try:
-        copy_mix(track.audio, mix_dir, track.samplerate)
+        copy_mix(track.audio, mix_dir, track.samplerate, about)
     except OSError as err:  # raised into the job: it fails with this sentence
         raise DemixerError(f"Cannot keep the original mix of {job.path.name} in {mix_dir} "
                            f"({err.strerror or err}).") from None
     return dict(frames=int(track.audio.shape[-1]), samplerate=track.samplerate,
                 source_rate=track.source_rate, source_frames=track.source_frames,
                 sources=list(job.stems.sources), channels=job.stems.channels)
+
+
+class WorkerLock:
+    """The worker's own lock on a library folder while its job writes there (the app holds
+    another, `app.library.LOCK`). A worker whose app died finishes its cancel under it, so a
+    new app's resume waits for it instead of writing beside it."""
+
+    WAIT_S = 30.0
+
+    def __init__(self, folder: Path) -> None:
+        from app.library import WORKER_LOCK
+
+        self.path = folder / WORKER_LOCK
+        self.lock: Any = None
+
+    def __enter__(self) -> WorkerLock:
+        from app.filelock import FileLock
+
+        deadline = time.monotonic() + self.WAIT_S
+        while self.lock is None:
+            try:
+                self.lock = FileLock(self.path)
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 class _EventAdapter:

@@ -161,14 +161,15 @@ def _mistyped_command(word: str) -> str | None:
 
 
 def _open_app(files: list[str]) -> int:
-    """`demixer [FILE...]`: the window, with the files queued as if dropped."""
+    """`demixer [FILE...]`: the window, with the files queued as if dropped (or handed to
+    the window already open); says what is missing when no window can open here."""
     try:
-        from app.main import run_app
+        from app.launch import launch
     except ImportError as err:  # pragma: no cover - a headless install without Qt
         print(f"demixer: the app cannot start ({err}); use `demixer separate`.",
               file=sys.stderr)
         return 2
-    return run_app(files)
+    return launch(files)
 
 
 if __name__ == "__main__":  # python -m engine.cli

@@ -385,6 +385,12 @@ def _mlx_line() -> str:
             f"({cached} converted models in {cache_root()})")
 
 
+def _window_line() -> str:
+    from engine.selftest import window_probe  # a child process: Qt never loads here
+
+    return f"Window: {window_probe()[1]}"
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     from engine import __version__
     from engine.backends import resolve_backend_kind
@@ -401,6 +407,6 @@ def run_doctor(args: argparse.Namespace) -> int:
              _torch_line(), *_coreml_lines(), _mlx_line(),
              f"Backends: torch; coreml {'yes' if auto == 'coreml' else 'no'} (auto picks {auto})",
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
-             *_audio_lines()]
+             *_audio_lines(), _window_line()]
     print("\n".join(lines))
     return 0

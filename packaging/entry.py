@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 SELF_TEST_FLAG = "--self-test"
+CHECK_DISPLAY_FLAG = "--check-display"
 LEAKED_NONE_LIMIT = 100  # of 1000 void calls; a correct binding loses none
 
 
@@ -116,6 +117,10 @@ APP_CHECKS = [
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [CHECK_DISPLAY_FLAG]:  # the self-test's and doctor's window probe
+        from app.display import check_display_main
+
+        return check_display_main()
     if argv[:1] == [SELF_TEST_FLAG]:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # the self-test needs no display
         from engine.selftest import main as self_test

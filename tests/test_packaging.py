@@ -227,6 +227,15 @@ def test_entry_sends_self_test_to_the_self_test_with_the_app_checks(
     assert os.environ["QT_QPA_PLATFORM"] == "offscreen"
 
 
+def test_entry_answers_the_window_probe_of_doctor_and_the_self_test(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frozen app has no `-m app`: `Demixer --check-display` is its window probe."""
+    import app.display
+
+    monkeypatch.setattr(app.display, "check_display_main", lambda: 3)
+    assert entry.main(["--check-display"]) == 3
+
+
 def test_entry_sends_everything_else_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
     import engine.cli
 

@@ -26,6 +26,34 @@ def _isolated_qsettings(tmp_path: Path) -> None:
         QSettings.setPath(fmt, QSettings.Scope.UserScope, str(tmp_path / "qsettings"))
 
 
+class Asked:
+    """Stands in for `MainWindow.ask` (a modal question would block the test): answers by
+    the question's title from `answers`; any other question fails the test."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, str] = {}
+        self.questions: list[tuple[str, str, list[str]]] = []
+        self.unexpected: list[str] = []
+
+    def __call__(self, title: str, text: str, buttons: list[str],
+                 default: str | None = None) -> str:
+        self.questions.append((title, text, list(buttons)))
+        if title not in self.answers:
+            self.unexpected.append(f"{title}: {text}")
+            return ""
+        assert self.answers[title] in buttons, (self.answers[title], buttons)
+        return self.answers[title]
+
+
+@pytest.fixture(autouse=True)
+def asked(monkeypatch: pytest.MonkeyPatch) -> Iterator[Asked]:
+    """Every question the window asks, answered without a person (see Asked)."""
+    recorder = Asked()
+    monkeypatch.setattr(MainWindow, "ask", recorder)
+    yield recorder
+    assert not recorder.unexpected, f"unexpected questions: {recorder.unexpected}"
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))

@@ -27,14 +27,16 @@ def stems_audio(frames: int, sources: tuple[str, ...] = SOURCES) -> dict[str, np
     return {s: lane_audio(frames, i + 1) for i, s in enumerate(sources)}
 
 
-def write_stems(folder: Path, stems: dict[str, np.ndarray], ready: int | None = None
-                ) -> StemBuffers:
+def write_stems(folder: Path, stems: dict[str, np.ndarray], ready: int | None = None,
+                source: str | None = None) -> StemBuffers:
+    """Stems as a separation writes them: complete (with the job's index, naming `source`)
+    unless `ready` says how far they got."""
     frames = next(iter(stems.values())).shape[1]
     buffers = StemBuffers(folder, list(stems), 2, frames, RATE)
     buffers.write(0, np.stack(list(stems.values())))
     buffers.ready_frames = frames if ready is None else ready
     if ready is None:
-        buffers.save_index(complete=True)
+        buffers.save_index(complete=True, extra={"source": source} if source else None)
     return buffers
 
 
@@ -42,15 +44,17 @@ def make_entry(library: Library, title: str, stems: dict[str, np.ndarray],
                two_stems: bool = False) -> LibraryEntry:
     """A complete library entry, as a finished separation leaves it."""
     entry = library.create(Path(f"/music/{title}.wav"), "htdemucs", two_stems)
-    write_stems(entry.stems_dir, stems).close()
+    write_stems(entry.stems_dir, stems, source=entry.source).close()
     mix = np.sum(list(stems.values()), axis=0).astype(np.float32)
-    copy_mix(mix, entry.mix_dir, RATE)
     frames = mix.shape[1]
+    copy_mix(mix, entry.mix_dir, RATE, dict(source=entry.source, model=entry.model,
+                                            source_rate=RATE, source_frames=frames))
     entry.title = title
     entry.sources = list(stems)
     entry.frames = entry.source_frames = frames
     entry.complete = True
     entry.save()
+    library.release(entry)
     return entry
 
 

@@ -6,7 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, QTimer
+import pytest
+from PySide6.QtCore import QSettings, Qt, QTimer
 from PySide6.QtGui import QAction, QFileOpenEvent, QKeySequence, QPalette, QStandardItemModel
 from PySide6.QtWidgets import QApplication
 
@@ -15,9 +16,12 @@ from app.preferences import PreferencesDialog
 from app.queue import State
 from app.settings import Settings
 from tests.app.gui import wait_for
+from tests.engine.audio_files import sine_mix, write_wav
 
 
-def test_run_app_opens_the_window_with_the_files_queued(model_repo, song, qtbot) -> None:  # type: ignore[no-untyped-def]
+def test_run_app_opens_the_window_with_the_files_queued(model_repo, song, asked,  # type: ignore[no-untyped-def]
+                                                        qtbot) -> None:
+    asked.answers["Quit Demixer?"] = "Quit"  # it is separating when the window closes
     app = QApplication.instance()
     assert isinstance(app, DemixerApplication)
     seen: list[tuple[Path, State]] = []
@@ -95,9 +99,39 @@ def test_open_recent_lists_what_was_opened(window, model_repo, song, qtbot) -> N
     names = [a.text() for a in window.recent_menu.actions() if not a.isSeparator()]
     assert names == ["song.wav", "Clear Menu"]
     wait_for(qtbot, item)
-    window.recent_menu.actions()[0].trigger()  # opens it again
+    window.recent_menu.actions()[0].trigger()  # opens it again: from the library now
+    assert len(window.queue.items) == 1 and window.shown_entry is not None
+    assert window.shown_entry.folder == item.entry.folder
+
+
+def test_a_song_already_separated_opens_from_the_library(window, model_repo, song, qtbot,  # type: ignore[no-untyped-def]
+                                                         monkeypatch) -> None:
+    """A relative path (a command line's) is kept absolute, with the file's size and mtime:
+    the same unchanged file opens its separation; "Separate Again" still can; a changed
+    file separates anew."""
+    monkeypatch.chdir(song.parent)
+    [item] = window.open_paths(["song.wav"])
+    assert item.path == song
+    wait_for(qtbot, item)
+    assert item.state == State.DONE and item.entry is not None
+    first = item.entry.folder
+    window.show_track(None)
+    assert window.open_paths(["song.wav"]) == [] and len(window.queue.items) == 1
+    assert window.shown_entry is not None and window.shown_entry.folder == first
+    assert window.sidebar.currentWidget() is window.library_view
+    assert [w.text().split("\n")[0] for w in window.library_view.selectedItems()] == ["song"]
+    box = window.again_box
+    assert box.isVisible() and "already in the library" in box.text()
+    again = next(b for b in box.buttons() if b.text() == "Separate Again")
+    qtbot.mouseClick(again, Qt.MouseButton.LeftButton)
     assert len(window.queue.items) == 2
     wait_for(qtbot, window.queue.items[1])
+    assert window.queue.items[1].state == State.DONE
+    qtbot.waitUntil(lambda: [e.folder for e in window.library.entries()] == [
+        window.queue.items[1].entry.folder], timeout=5000)  # the new one replaced the old
+    write_wav(song, sine_mix(3.0, 44100, amplitude=0.3), 44100)  # changed: another song
+    assert len(window.open_paths([song])) == 1
+    wait_for(qtbot, window.queue.items[2])
 
 
 def test_menus_follow_macos_conventions(window) -> None:  # type: ignore[no-untyped-def]
@@ -149,3 +183,76 @@ def test_remove_takes_a_finished_item_off_the_queue(window, model_repo, tmp_path
     row = window.queue_view.row_for(item)
     qtbot.mouseClick(row.remove, Qt.MouseButton.LeftButton)
     assert window.queue.items == [] and window.queue_view.count() == 0
+    (tmp_path / "nothing here").mkdir()
+    assert window.open_paths([tmp_path / "nothing here"]) == []  # said, not silently ignored
+    assert window.statusBar().currentMessage() == "No audio files in nothing here."
+
+
+def test_the_highlighted_rows_are_the_song_shown(make_window, model_repo, song, tmp_path,  # type: ignore[no-untyped-def]
+                                                 qtbot) -> None:
+    from app.library import Library
+    from tests.app.helpers import make_entry, stems_audio
+
+    entry = make_entry(Library(), "Groove", stems_audio(44100))
+    window = make_window()
+    other = write_wav(tmp_path / "other.wav", sine_mix(3.0, 44100, amplitude=0.3), 44100)
+    first, second = window.open_paths([song, other])
+    for item in (first, second):
+        wait_for(qtbot, item)
+    queue, library = window.queue_view, window.library_view
+
+    def highlighted() -> tuple[list[int], list[str]]:
+        rows = [queue.row(w) for w in queue.selectedItems()]
+        titles = [w.text().split("\n")[0] for w in library.selectedItems()]
+        return rows, titles
+
+    assert window.shown_item is first and highlighted() == ([0], [])  # shown when it started
+    window.show_item(second)
+    assert highlighted() == ([1], [])
+    window.show_entry(entry)
+    assert highlighted() == ([], ["Groove"])
+    window.show_item(second)
+    assert highlighted() == ([1], [])
+    [waiting] = window.open_paths([tmp_path / "gone.wav"])  # fails: nothing to show
+    wait_for(qtbot, waiting)
+    queue.setCurrentRow(2)
+    queue.itemClicked.emit(queue.item(2))
+    assert window.shown_item is second and highlighted() == ([1], [])
+    window.show_track(None)
+    assert highlighted() == ([], [])
+
+
+@pytest.mark.skipif(sys.platform in ("darwin", "win32"), reason="the Linux/BSD wording")
+def test_show_in_file_manager_off_macos_and_one_sentence_without_one(  # type: ignore[no-untyped-def]
+        make_window, tmp_path, monkeypatch, qtbot) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    from app.library import Library
+    from tests.app.helpers import make_entry, stems_audio
+
+    entry = make_entry(Library(), "Groove", stems_audio(44100))
+    window = make_window()
+    window.show_entry(entry)
+    texts = [a.text() for m in window.menuBar().actions() for a in m.menu().actions()]
+    assert "Show in File Manager" in texts and not any("Finder" in t for t in texts)
+    shown: list[str] = []
+    monkeypatch.setattr(QMessageBox, "about", lambda parent, title, text: shown.append(text))
+    window.about_action.trigger()
+    assert shown and "Mac" not in shown[0]
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))  # no xdg-open, gio, kde-open...
+    window.reveal_action.trigger()
+    message = window.statusBar().currentMessage()
+    assert message.startswith("No file manager could be found to show ")
+    assert str(entry.folder) in message and "xdg-open" in message
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    opened = tmp_path / "opened.txt"
+    fake = tools / "xdg-open"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {opened}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tools))
+    window.statusBar().clearMessage()
+    window.reveal_action.trigger()
+    qtbot.waitUntil(opened.exists, timeout=5000)
+    assert opened.read_text().strip() == str(entry.folder)
+    assert window.statusBar().currentMessage() == ""

@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QMessageBox
 import app.mainwindow
 from app.export import ExportDialog
 from app.library import Library
+from app.reveal import reveal_title
 from app.track import slider_gain
 from tests.app.helpers import RATE, make_entry, stems_audio
 
@@ -147,7 +148,7 @@ def test_export_the_current_mix_equals_what_is_heard(shown, stems, tmp_path, mon
     revealed: list[Path] = []
     monkeypatch.setattr(app.mainwindow, "reveal", revealed.append)
     box = next(b for b in window.findChildren(QMessageBox) if b.isVisible())
-    reveal_button = next(b for b in box.buttons() if b.text() == "Reveal in Finder")
+    reveal_button = next(b for b in box.buttons() if b.text() == reveal_title())
     qtbot.mouseClick(reveal_button, Qt.MouseButton.LeftButton)
     assert revealed == [path]
 
@@ -191,3 +192,49 @@ def test_two_stem_mode_has_vocals_and_instrumental_lanes(make_window, stems, tmp
     instrumental, _ = sf.read(paths[1], dtype="float32", always_2d=True)
     np.testing.assert_allclose(instrumental, (stems["drums"] + stems["bass"] + stems["other"]).T,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("answer", ["Replace", "Keep Both", "Cancel"])
+def test_exporting_over_existing_files_asks_first(shown, stems, tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                 asked, qtbot, answer: str) -> None:
+    window, _ = shown
+    theirs = {"bass.wav": b"the person's own bass", "vocals.wav": b"their vocals",
+              "vocals (2).wav": b"their second vocals"}
+    for name, data in theirs.items():
+        (tmp_path / name).write_bytes(data)
+    asked.answers["Replace existing files?"] = answer
+
+    def choose(dialog: ExportDialog) -> None:
+        dialog.all.setChecked(True)
+        dialog.container.setCurrentIndex(dialog.container.findData("wav"))
+        dialog.depth_box.setCurrentIndex(dialog.depth_box.findData("float32"))
+        dialog.folder.setText(str(tmp_path))
+
+    if answer == "Cancel":
+        def accept(dialog: ExportDialog) -> int:
+            choose(dialog)
+            return ExportDialog.DialogCode.Accepted
+
+        monkeypatch.setattr(ExportDialog, "exec", accept)
+        window.export_action.trigger()
+        qtbot.wait(300)
+        assert not window.exporter.busy and window.export_action.isEnabled()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+        written: list[Path] = []
+    else:
+        written = _export(window, monkeypatch, qtbot, choose)
+        assert window.statusBar().currentMessage() == f"Exported 4 file(s) to {tmp_path}."
+    [(title, text, buttons)] = asked.questions
+    assert buttons == ["Replace", "Keep Both", "Cancel"]
+    assert "“bass.wav”, “vocals.wav” already exist" in text and "“bass (2).wav”" in text
+    if answer == "Replace":
+        assert [p.name for p in written] == ["drums.wav", "bass.wav", "other.wav", "vocals.wav"]
+        assert (tmp_path / "vocals (2).wav").read_bytes() == theirs["vocals (2).wav"]
+    if answer == "Keep Both":
+        assert [p.name for p in written] == ["drums.wav", "bass (2).wav", "other.wav",
+                                             "vocals (3).wav"]
+        for name, data in theirs.items():
+            assert (tmp_path / name).read_bytes() == data
+    for path in written:
+        audio, _ = sf.read(path, dtype="float32", always_2d=True)
+        np.testing.assert_allclose(audio, stems[path.stem.split(" (")[0]].T, atol=1e-6)

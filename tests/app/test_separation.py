@@ -15,7 +15,7 @@ from PySide6.QtCore import Qt
 import engine.download
 from app.library import Library
 from app.queue import State
-from engine.stembuffers import StemBuffers
+from engine.stembuffers import StemBuffers, read_index
 from tests.app.gui import StallWatch, drop_files, painted_pixels, wait_for
 from tests.engine.audio_files import sine_mix, write_wav
 
@@ -74,8 +74,8 @@ def test_a_bad_file_shows_its_reason_and_the_next_one_still_runs(window, model_r
     assert [e.title for e in window.library.entries()] == ["song"]  # no entry for the bad one
 
 
-def test_cancel_stops_the_separation_and_leaves_nothing(window, settings, model_repo, song,  # type: ignore[no-untyped-def]
-                                                        qtbot) -> None:
+def test_cancel_keeps_the_finished_chunks_retry_resumes_and_remove_discards(  # type: ignore[no-untyped-def]
+        window, settings, model_repo, song, qtbot) -> None:
     settings.segment = 1.5
     [item] = window.open_paths([song])
     qtbot.waitUntil(lambda: item.fraction > 0 and item.stage == "separating", timeout=30000)
@@ -83,15 +83,28 @@ def test_cancel_stops_the_separation_and_leaves_nothing(window, settings, model_
     row = window.queue_view.row_for(item)
     qtbot.mouseClick(row.cancel, Qt.MouseButton.LeftButton)
     wait_for(qtbot, item)
-    assert item.state == State.CANCELLED
-    assert row.status.text() == "Cancelled" and row.retry.isVisibleTo(row)
-    qtbot.waitUntil(lambda: not folder.exists(), timeout=5000)
+    assert item.state == State.CANCELLED and window.track is None  # no longer shown
+    kept = read_index(folder / "stems")
+    assert kept is not None and not kept["complete"] and 0 < kept["ready_frames"]
+    assert row.status.text() == f"Cancelled at {item.fraction:.0%}" and item.fraction > 0
+    assert row.retry.isVisibleTo(row) and row.retry.toolTip().startswith("Resume from ")
     assert window.library.entries() == []
-    assert window.track is None  # the half-separated song is no longer shown
-    qtbot.mouseClick(row.retry, Qt.MouseButton.LeftButton)  # and it can run again
-    assert item.state in (State.PREPARING, State.SEPARATING)
+    qtbot.mouseClick(row.retry, Qt.MouseButton.LeftButton)  # continues where it stopped
     wait_for(qtbot, item)
-    assert item.state == State.DONE
+    assert item.state == State.DONE and item.entry.folder == folder
+    assert item.resumed_at == pytest.approx(kept["ready_frames"] / kept["frames"])
+    assert [e.folder for e in window.library.entries()] == [folder]
+    window.queue.remove(item)  # a finished song stays in the library
+    assert folder.exists()
+    [again] = window.open_paths([write_wav(song.with_name("b.wav"),
+                                           sine_mix(4.0, 44100, amplitude=0.3), 44100)])
+    qtbot.waitUntil(lambda: again.fraction > 0 and again.stage == "separating", timeout=30000)
+    window.queue.cancel(again)
+    wait_for(qtbot, again)
+    other = again.entry.folder
+    assert again.state == State.CANCELLED and other.exists()
+    window.queue.remove(again)  # unfinished stems go with the item
+    qtbot.waitUntil(lambda: not other.exists(), timeout=5000)
 
 
 def test_the_gui_thread_never_stalls_during_a_separation(window, settings, model_repo,  # type: ignore[no-untyped-def]
@@ -220,3 +233,29 @@ def test_first_run_with_a_bad_download_reports_the_checksum(  # type: ignore[no-
     wait_for(qtbot, item)
     assert item.state == State.FAILED
     assert not any(window.library.root.iterdir())
+
+
+def test_the_first_run_dialog_shows_all_of_its_text(qtbot) -> None:  # type: ignore[no-untyped-def]
+    """No wrapped line is cut off, before or after a long error (the dialog grows to it)."""
+    from PySide6.QtWidgets import QLabel
+
+    from app.firstrun import ModelDialog
+    from app.models import ModelKey, SeparationService
+
+    key = ModelKey("htdemucs_6s")
+    dialog = ModelDialog(key, SeparationService())
+    qtbot.addWidget(dialog)
+
+    def cut_off() -> list[str]:
+        return [label.text()[:40] for label in dialog.findChildren(QLabel)
+                if label.isVisible() and label.wordWrap()
+                and label.height() < label.heightForWidth(label.width())]
+
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    assert cut_off() == []
+    dialog._on_failed(key, "Cannot download htdemucs_6s checkpoint 5c90dfd2-34c22ccb.th from "
+                      "http://127.0.0.1:9/5c90dfd2-34c22ccb.th (connection refused); download "
+                      "it by hand and put it in /a/rather/long/folder/of/models.")
+    qtbot.wait(50)
+    assert dialog.error.isVisible() and cut_off() == []

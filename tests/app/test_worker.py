@@ -4,6 +4,7 @@ first-run dialog following a CoreML conversion the worker reports."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt
@@ -57,6 +58,24 @@ def test_prepare_failures_are_one_sentence(monkeypatch) -> None:  # type: ignore
     _Child(conn, threading.Event()).prepare(ModelKey("htdemucs"))  # type: ignore[arg-type]
     assert conn.sent == [("model", "failed", ModelKey("htdemucs"),
                           "Checkpoint x.th in /m is corrupt; replace the file.")]
+
+
+def test_an_unforeseen_error_is_one_line_naming_the_log(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Not a crash of the worker (the queue would wait for an answer that never comes)."""
+    def bad_build(*args):  # type: ignore[no-untyped-def]
+        raise ValueError("a surprise\nwith a second line")
+
+    monkeypatch.setattr(app.models, "build", bad_build)
+    conn = FakeConn()
+    child = _Child(conn, threading.Event())  # type: ignore[arg-type]
+    child.prepare(ModelKey("htdemucs"))
+    child.separate(7, "/music/song.wav", ModelKey("htdemucs"), "/nowhere/stems", "/nowhere/mix")
+    [(_, kind, _, said), (_, job, event)] = conn.sent
+    assert kind == "failed" and job == 7 and event.kind == "failed"
+    for line in (said, event.message):
+        assert line.startswith("Model htdemucs: failed unexpectedly (ValueError: a surprise)")
+        log = Path(line.split("the details are in ")[1].rstrip("."))
+        assert "with a second line" in log.read_text()  # the traceback, in full
 
 
 def test_a_conversion_opens_the_first_run_dialog_with_its_progress(window, qtbot) -> None:  # type: ignore[no-untyped-def]
