@@ -1,4 +1,4 @@
-"""`demixer models list|convert|verify|clear` and `demixer doctor`.
+"""`demixer models list|convert|calibrate|verify|clear` and `demixer doctor`.
 
 Each command is a `func(args) -> exit code` set on its subparser; `engine.cli` registers them
 with `add_models_commands(sub)` and `add_doctor_command(sub)`. Exit codes: 0 done, 1 a
@@ -47,6 +47,10 @@ def add_models_commands(sub: argparse._SubParsersAction) -> None:
                    help="6bit palettized or 8bit quantized weights (smaller package)")
     p.add_argument("--batch", type=int, default=1, help="chunks per prediction (default 1)")
     p.set_defaults(func=run_convert)
+
+    from engine.cli_calibrate import add_calibrate_command
+
+    add_calibrate_command(msub)
 
     p = msub.add_parser("verify", help="hash downloaded checkpoints and converted packages")
     p.add_argument("--repo", type=Path, help="verify the checkpoints of this folder instead")
@@ -331,6 +335,7 @@ def _audio_lines() -> list[str]:
 def run_doctor(args: argparse.Namespace) -> int:
     from engine import __version__
     from engine.backends import resolve_backend_kind
+    from engine.cli_calibrate import doctor_lines
     from engine.coreml_cache import cache_root, list_entries
     from engine.store import data_dir
 
@@ -342,8 +347,9 @@ def run_doctor(args: argparse.Namespace) -> int:
              f"Platform: {system} ({platform.machine()})",
              f"Python: {platform.python_version()} ({sys.executable})",
              _torch_line(), *_coreml_lines(),
-             f"Backends: torch; coreml {'yes' if auto == 'coreml' else 'no'} (auto picks {auto})",
+             f"Backends: torch; coreml {'yes' if auto == 'coreml' else 'no'} (auto picks the "
+             f"calibrated choice; without a calibration {auto})",
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
-             *_audio_lines()]
+             *_audio_lines(), *doctor_lines()]
     print("\n".join(lines))
     return 0

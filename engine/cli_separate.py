@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import time
 from pathlib import Path
 
+from engine.calibrate import CalibrationProgress
 from engine.catalogue import default_model
 from engine.decode import find_audio_files
 from engine.errors import DemixerError
@@ -46,16 +48,36 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
     from engine.backends import resolve_backend_kind
+    from engine.cli_calibrate import progress_printer
     from engine.cli_models import download_printer, stage_printer
-    from engine.pipeline import build_separator
+    from engine.pipeline import build_separator, uses_calibration
 
+    calibrated = uses_calibration(args.backend, args.precision, args.compute_units,
+                                  args.device)
     convert_progress = None
-    if resolve_backend_kind(args.backend) == "coreml":  # the first run converts: show it
-        convert_progress = stage_printer()
-    return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
-                           options=options, progress=download_printer(),
-                           precision=args.precision, compute_units=args.compute_units,
-                           convert_progress=convert_progress)
+    if calibrated or resolve_backend_kind(args.backend) == "coreml":
+        convert_progress = stage_printer()  # the first CoreML run converts: show it
+    t0 = time.monotonic()
+    shown = progress_printer(name)
+    ran: list[bool] = []
+
+    def calibrating(p: CalibrationProgress) -> None:
+        ran.append(True)
+        shown(p)
+
+    separator = build_separator(name, repo=args.repo, backend=args.backend,
+                                device=args.device, options=options,
+                                progress=download_printer(), precision=args.precision,
+                                compute_units=args.compute_units,
+                                convert_progress=convert_progress, quality=args.quality,
+                                calibrate_progress=calibrating)
+    if ran:  # the first run on this machine: say what came of it
+        chosen = getattr(separator.backends[0], "candidate", None)
+        label = chosen.label if chosen is not None else separator.backends[0].name
+        print(f"demixer: calibrated in {time.monotonic() - t0:.1f} s; {args.quality} "
+              f"quality runs on {label} (`demixer models calibrate {name}` shows the "
+              f"table).", file=sys.stderr)
+    return separator
 
 
 def run_separate(args: argparse.Namespace) -> int:
@@ -94,7 +116,14 @@ def run_separate(args: argparse.Namespace) -> int:
 
 def _separate_one(track: Path, separator: Separator, plan: OutputPlan) -> bool:
     bar = _ProgressBar(track) if sys.stderr.isatty() else None
-    job = SeparationJob(track, separator, plan=plan, on_event=bar.update if bar else None)
+
+    def on_event(event: JobEvent) -> None:
+        if event.kind == "notice":  # e.g. a backend handed over: once, as a warning
+            print(f"demixer: warning: {track}: {event.message}", file=sys.stderr, flush=True)
+        elif bar is not None:
+            bar.update(event)
+
+    job = SeparationJob(track, separator, plan=plan, on_event=on_event)
     job.start()
     try:
         while not job.finished.wait(0.2):

@@ -26,12 +26,12 @@ from engine.stembuffers import StemBuffers
 
 @dataclass(frozen=True)
 class JobEvent:
-    kind: str  # "stage" | "progress" | "ready" | "done" | "failed" | "cancelled"
+    kind: str  # "stage" | "progress" | "ready" | "notice" | "done" | "failed" | "cancelled"
     stage: str = ""  # "decoding" | "separating" | "writing"
     fraction: float = 0.0  # of the current stage, 0..1
     eta_s: float | None = None
     ready_frames: int = 0  # stems are final for [0, ready_frames) at the model rate
-    message: str = ""
+    message: str = ""  # "notice": one sentence to show once (a warning, a status line)
 
 
 @dataclass
@@ -113,7 +113,8 @@ class SeparationJob:
                                  self.track.audio.shape[-1], sep.samplerate)
         self.on_event(JobEvent("stage", stage="separating"))
         sep.separate(self.track.audio, self.track.mean, self.track.std, self.stems,
-                     cancel=self.cancel_event, on_progress=self._on_progress)
+                     cancel=self.cancel_event, on_progress=self._on_progress,
+                     on_notice=lambda text: self.on_event(JobEvent("notice", message=text)))
         self.stems.save_index(complete=True, extra={"source": str(self.path)})
         if self.plan is not None:
             self.on_event(JobEvent("stage", stage="writing"))

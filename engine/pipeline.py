@@ -1,4 +1,10 @@
-"""From a model name to a ready `Separator`: resolve, verify, load, pick the backends."""
+"""From a model name to a ready `Separator`: resolve, verify, load, pick the backends.
+
+`--backend auto` (without `--precision`) runs on the calibrated choice for the quality asked
+for (`engine.calibrate`: the fastest candidate that passes the gate on this machine,
+measured on first use and cached), behind `engine.fallback`'s hand-over to the next passing
+candidate should it fail. An explicit backend, precision or compute units bypasses it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from engine.backends import Backend, TorchBackend, check_device, resolve_backend_kind
+from engine.calibrate import ProgressFn, calibration_for, check_quality
+from engine.candidates import machine_candidates
 from engine.download import DownloadProgress
 from engine.separator import SeparationOptions, Separator
 from engine.store import ResolvedModel, load_model, resolve_model
 
 
 def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "cpu",
-                  precision: str | None = None, *, compute_units: str = "all",
+                  precision: str | None = None, *, compute_units: str | None = None,
                   convert_progress: Callable[[Any], None] | None = None,
                   cancel: threading.Event | None = None) -> list[Backend]:
     """One backend per bag member. `kind` is 'auto', 'torch' or 'coreml'; `precision` None is
@@ -26,7 +34,7 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
         from engine.coreml_backend import coreml_backends_for
 
         options = ConvertOptions(precision=precision or "mixed")
-        return list(coreml_backends_for(bag, resolved, compute_units=compute_units,
+        return list(coreml_backends_for(bag, resolved, compute_units=compute_units or "all",
                                         options=options, convert_progress=convert_progress,
                                         cancel=cancel))
     check_device(device)
@@ -34,21 +42,52 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
             for member in bag.models]
 
 
+def uses_calibration(backend: str, precision: str | None, compute_units: str | None,
+                     device: str = "cpu") -> bool:
+    """Whether these settings leave the choice to the calibration (nothing explicit)."""
+    return backend == "auto" and precision is None and compute_units is None and \
+        device == "cpu"
+
+
+def calibrated_backends(bag: Any, resolved: ResolvedModel, quality: str = "default", *,
+                        progress: ProgressFn | None = None,
+                        convert_progress: Callable[[Any], None] | None = None,
+                        cancel: threading.Event | None = None) -> list[Backend]:
+    """One backend per bag member on the calibrated choice for `quality` (calibrating first
+    if this machine has no current calibration of this model), handing over to the next
+    passing candidate if it fails (`engine.fallback`)."""
+    from engine.fallback import fallback_backends
+
+    calibration, _ = calibration_for(bag, resolved, progress=progress,
+                                     convert_progress=convert_progress, cancel=cancel)
+    here = {c.key: c for c in machine_candidates(include_all=True)}
+    order = [here[m.key] for m in calibration.passing(quality) if m.key in here]
+    return list(fallback_backends(order, bag, resolved, convert_progress, cancel))
+
+
 def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto",
                     device: str = "cpu", options: SeparationOptions = SeparationOptions(),
                     download: bool = True,
                     progress: Callable[[DownloadProgress], None] | None = None,
                     cancel: threading.Event | None = None, precision: str | None = None,
-                    compute_units: str = "all",
-                    convert_progress: Callable[[Any], None] | None = None) -> Separator:
+                    compute_units: str | None = None,
+                    convert_progress: Callable[[Any], None] | None = None,
+                    quality: str = "default",
+                    calibrate_progress: ProgressFn | None = None) -> Separator:
     """Resolve (and download) `name`, verify and load it, and wrap it in a `Separator`.
 
-    `progress` gets download progress, `convert_progress` CoreML conversion stages; `cancel`
-    stops either. Raises `DemixerError`s with one sentence for the user."""
+    `progress` gets download progress, `convert_progress` CoreML conversion stages,
+    `calibrate_progress` the first run's calibration; `cancel` stops any of them. Raises
+    `DemixerError`s with one sentence for the user."""
     resolve_backend_kind(backend)  # a wrong backend is reported before any download
+    check_quality(quality)
     resolved = resolve_model(name, repo, download=download, progress=progress, cancel=cancel)
     bag: Any = load_model(resolved)
-    backends = make_backends(bag, resolved, backend, device, precision,
-                             compute_units=compute_units, convert_progress=convert_progress,
-                             cancel=cancel)
+    if uses_calibration(backend, precision, compute_units, device):
+        backends = calibrated_backends(bag, resolved, quality, progress=calibrate_progress,
+                                       convert_progress=convert_progress, cancel=cancel)
+    else:
+        backends = make_backends(bag, resolved, backend, device, precision,
+                                 compute_units=compute_units,
+                                 convert_progress=convert_progress, cancel=cancel)
     return Separator(bag.weights, backends, options)
