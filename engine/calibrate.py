@@ -42,7 +42,7 @@ from engine.core import CoreShapes
 from engine.errors import Cancelled, DemixerError
 from engine.excerpt import excerpt
 from engine.separator import SeparationOptions, Separator
-from engine.store import data_subdir
+from engine.store import data_dir, data_subdir
 
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
@@ -106,6 +106,7 @@ class Row:
     passed: bool
     reason: str
     chosen: bool
+    snr_text: str = ""  # for tables: "48.0 dB", "reference", "identical" or "-"
 
     @property
     def label(self) -> str:
@@ -149,7 +150,7 @@ class Calibration:
         best = self.chosen(quality)
         gate = GATES[quality]
         rows = []
-        for m in self.measurements:
+        for index, m in enumerate(self.measurements):
             why = verdict(m, quality)
             if why is None and m == best:
                 why = f"chosen: the fastest that passes the {quality} gate ({gate:.0f} dB)"
@@ -157,9 +158,11 @@ class Calibration:
                 ratio = (m.seconds or 0.0) / max(best.seconds or 0.0, 1e-9)
                 why = f"passed; {ratio:.1f}x slower than {best.label}"
             finite = m.snr_db is not None and bool(np.isfinite(m.snr_db))
+            text = "-" if m.snr_db is None else f"{m.snr_db:.1f} dB" if finite else \
+                "reference" if index == 0 else "identical"
             rows.append(Row(m.backend, m.precision, m.units, m.seconds,
                             m.snr_db if finite else None, verdict(m, quality) is None,
-                            why, m == best))
+                            why, m == best, text))
         return rows
 
     def to_json(self) -> dict[str, Any]:
@@ -414,7 +417,8 @@ def _is_current(found: Calibration, resolved: ResolvedModel,
 
 def cached_calibrations() -> list[Calibration]:
     """Every stored calibration (any model, current or not), newest first."""
-    found = [load_calibration(p) for p in cache_dir().glob("*.json")]
+    folder = data_dir() / "calibration"  # (not created just to look)
+    found = [load_calibration(p) for p in folder.glob("*.json")]
     return sorted((c for c in found if c is not None), key=lambda c: c.created, reverse=True)
 
 

@@ -6,8 +6,9 @@ measures every candidate afresh (`engine.calibrate`), caches the result and prin
 the one chosen for the quality); `--json` prints it as one JSON object instead:
     {"model", "quality", "seconds", "candidates": [{"backend", "precision", "units",
      "seconds", "snr_db", "passed", "reason"}, ...], "chosen": {...}, "choices": {...}}
-`snr_db` is null for the reference (it is what the others are compared with) and for
-candidates that failed. Progress goes to stderr; exit 0 done, 1 a failure (one sentence).
+`snr_db` is null for the reference (what the others are compared with; infinite), for a
+candidate whose stems are identical to it, and for candidates that failed. Progress goes to
+stderr; exit 0 done, 1 a failure (one sentence).
 """
 
 from __future__ import annotations
@@ -77,11 +78,8 @@ def table_lines(calibration: Calibration, quality: str) -> list[str]:
     """The table for `quality`, one line per candidate; '*' marks the chosen one."""
     rows = [("", "BACKEND", "PRECISION", "UNITS", "S/CHUNK", "WORST STEM", "RESULT")]
     for r in calibration.table(quality):
-        m = next(m for m in calibration.measurements if m.label == r.label)
-        snr = "-" if m.snr_db is None else "reference" if r.snr_db is None else \
-            f"{r.snr_db:.1f} dB"
         rows.append(("*" if r.chosen else "", r.backend, r.precision, r.units,
-                     _cell_seconds(r.seconds), snr, r.reason))
+                     _cell_seconds(r.seconds), r.snr_text, r.reason))
     widths = [max(len(row[i]) for row in rows) for i in range(6)]
     return ["  ".join(cell.ljust(w) for cell, w in zip(row[:6], widths, strict=True))
             + "  " + row[6] for row in rows]
@@ -105,6 +103,18 @@ def _unavailable_line() -> str | None:
 
     missing = [f"{k.kind} ({k.unavailable})" for k in backend_kinds() if not k.candidates]
     return f"Not available here: {'; '.join(missing)}." if missing else None
+
+
+def backend_lines() -> list[str]:
+    """`demixer doctor`: the candidates of this machine, and the kinds it lacks."""
+    from engine.candidates import machine_candidates
+
+    auto = [c.label for c in machine_candidates()]
+    extra = [c.label for c in machine_candidates(include_all=True) if c.label not in auto]
+    lines = [f"Backends here (--backend auto picks among them by calibration): "
+             f"{', '.join(auto)}" + (f"; only with --all: {', '.join(extra)}" if extra else "")]
+    unavailable = _unavailable_line()
+    return lines + ([unavailable] if unavailable else [])
 
 
 def as_json(calibration: Calibration, quality: str) -> dict[str, object]:

@@ -334,21 +334,18 @@ def _audio_lines() -> list[str]:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from engine import __version__
-    from engine.backends import resolve_backend_kind
-    from engine.cli_calibrate import doctor_lines
+    from engine.cli_calibrate import backend_lines, doctor_lines
     from engine.coreml_cache import cache_root, list_entries
     from engine.store import data_dir
 
     mac = platform.mac_ver()[0]
     system = f"macOS {mac}" if mac else platform.platform()
     entries = list_entries()
-    auto = resolve_backend_kind("auto")
     lines = [f"Demixer {__version__}",
              f"Platform: {system} ({platform.machine()})",
              f"Python: {platform.python_version()} ({sys.executable})",
              _torch_line(), *_coreml_lines(),
-             f"Backends: torch; coreml {'yes' if auto == 'coreml' else 'no'} (auto picks the "
-             f"calibrated choice; without a calibration {auto})",
+             *backend_lines(),
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
              *_audio_lines(), *doctor_lines()]
     print("\n".join(lines))
