@@ -135,29 +135,36 @@ def _module(name: str) -> Any | None:
     return importlib.import_module(f"engine.{name}")
 
 
-def _factory_build(module: str, factory: str, precision: str) -> BuildFn:
+def _factory_build(module: str, factory: str, precision: str, pristine: bool = False,
+                   **extra: str) -> BuildFn:
+    """Build with `engine.<module>.<factory>(bag, resolved, precision=..., progress=...,
+    cancel=..., **extra)`. `pristine`: pass no bag, so that an export or conversion loads
+    the checkpoints afresh (the torch candidates swap some layers' forwards for faster
+    forms, which must not be traced)."""
     def build(bag: Any, resolved: ResolvedModel, progress: Any, cancel: Any) -> list[Backend]:
         make = getattr(importlib.import_module(f"engine.{module}"), factory)
-        return list(make(bag, resolved, precision=precision, progress=progress, cancel=cancel))
+        return list(make(None if pristine else bag, resolved, precision=precision,
+                         progress=progress, cancel=cancel, **extra))
     return build
 
 
-def _plugin_kind(kind: str, module: str, default_precisions: tuple[str, ...],
-                 units: str = "cpu", auto: bool = True) -> KindStatus:
-    """A backend module with `<kind>_available()` and `<kind>_backends_for(...)`."""
+def _plugin(kind: str, module: str) -> tuple[Any | None, str]:
+    """(`engine.<module>`, "") if it is here and says `<kind>_available()`, else (None, why)."""
     mod = _module(module)
     if mod is None:
-        return KindStatus(kind, (), f"engine.{module} is not part of this build")
+        return None, f"engine.{module} is not part of this build"
     try:
-        available = bool(getattr(mod, f"{kind}_available")())
+        if not getattr(mod, f"{kind}_available")():
+            return None, f"{kind} is not installed"
     except Exception as exc:  # a broken install: say so, never stop the calibration
-        return KindStatus(kind, (), f"{type(exc).__name__}: {exc}")
-    if not available:
-        return KindStatus(kind, (), f"{kind} is not installed or cannot run here")
-    precisions = tuple(getattr(mod, "PRECISIONS", default_precisions))
-    return KindStatus(kind, tuple(
-        Candidate(kind, p, units, _factory_build(module, f"{kind}_backends_for", p), auto)
-        for p in precisions))
+        return None, f"{type(exc).__name__}: {exc}"
+    return mod, ""
+
+
+def _precisions(mod: Any, default: tuple[str, ...]) -> tuple[str, ...]:
+    """What the module can run here (`supported_precisions()`), else its `PRECISIONS`."""
+    supported = getattr(mod, "supported_precisions", None)
+    return tuple(supported() if supported is not None else getattr(mod, "PRECISIONS", default))
 
 
 def _mlx_on_gpu() -> bool:
@@ -171,20 +178,43 @@ def _mlx_on_gpu() -> bool:
 
 
 def _mlx_kind() -> KindStatus:
-    if _module("mlx_backend") is None:
-        return KindStatus("mlx", (), "engine.mlx_backend is not part of this build")
-    gpu = _mlx_on_gpu()
-    # MLX's CPU build (Linux) is a test vehicle taking minutes: only with --all.
-    return _plugin_kind("mlx", "mlx_backend", ("fp32", "fp16"), "gpu" if gpu else "cpu",
-                        auto=gpu)
+    mod, why = _plugin("mlx", "mlx_backend")
+    if mod is None:
+        return KindStatus("mlx", (), why)
+    gpu = _mlx_on_gpu()  # MLX's CPU build (Linux) is a test vehicle taking minutes: --all only
+    return KindStatus("mlx", tuple(
+        Candidate("mlx", p, "gpu" if gpu else "cpu",
+                  _factory_build("mlx_backend", "mlx_backends_for", p), auto=gpu)
+        for p in _precisions(mod, ("fp32", "fp16"))))
+
+
+def _openvino_kind() -> KindStatus:
+    mod, why = _plugin("openvino", "openvino_backend")
+    if mod is None:
+        return KindStatus("openvino", (), why)
+    return KindStatus("openvino", tuple(
+        Candidate("openvino", p, "cpu",
+                  _factory_build("openvino_backend", "openvino_backends_for", p, True))
+        for p in _precisions(mod, ("fp32",))))
+
+
+def _onnxruntime_kind() -> KindStatus:
+    """ONNX Runtime on the CPU, and through its CoreML provider where it has one (macOS)."""
+    mod, why = _plugin("onnxruntime", "onnxruntime_backend")
+    if mod is None:
+        return KindStatus("onnxruntime", (), why)
+    providers = getattr(mod, "available_providers", lambda: ("cpu",))()
+    return KindStatus("onnxruntime", tuple(
+        Candidate("onnxruntime", p, u, _factory_build(
+            "onnxruntime_backend", "onnxruntime_backends_for", p, True, provider=u))
+        for p in _precisions(mod, ("fp32",)) for u in providers))
 
 
 def backend_kinds() -> list[KindStatus]:
     """Every backend kind Demixer knows, with its candidates on this machine, in the order
     they are measured (torch first: other runtimes' thread pools must not run beside it)."""
-    return [*_torch_kinds(), _coreml_kind(), _mlx_kind(),
-            _plugin_kind("openvino", "openvino_backend", ("f32", "bf16")),
-            _plugin_kind("onnxruntime", "onnxruntime_backend", ("fp32",))]
+    return [*_torch_kinds(), _coreml_kind(), _mlx_kind(), _openvino_kind(),
+            _onnxruntime_kind()]
 
 
 def machine_candidates(include_all: bool = False) -> list[Candidate]:

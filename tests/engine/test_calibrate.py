@@ -344,3 +344,56 @@ def test_calibration_json_round_trips() -> None:
     c = Calibration("m", {"a": 1}, (Measurement("torch", "fp32", "cpu", 1.0, float("inf")),
                                     Measurement("x", "y", "z", error="E: e")), 2.0, "now")
     assert Calibration.from_json(json.loads(json.dumps(c.to_json()))) == c
+
+
+# --- the candidate registry -------------------------------------------------------------------
+
+
+def _fake_module(monkeypatch: pytest.MonkeyPatch, name: str, **attrs: Any) -> None:
+    """`engine.<name>` as if that backend's module were part of this build."""
+    import importlib.machinery
+    import sys
+    import types
+
+    module = types.ModuleType(f"engine.{name}")
+    module.__spec__ = importlib.machinery.ModuleSpec(f"engine.{name}", None)
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    monkeypatch.setitem(sys.modules, f"engine.{name}", module)
+
+
+def test_backends_in_their_own_modules_join_when_present(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from engine.candidates import backend_kinds, machine_candidates
+
+    for name in ("mlx_backend", "openvino_backend", "onnxruntime_backend"):
+        monkeypatch.setitem(sys.modules, f"engine.{name}", None)  # as if absent
+    kinds = {k.kind: k for k in backend_kinds()}
+    for kind in ("mlx", "openvino", "onnxruntime"):
+        assert kinds[kind].candidates == () and "is not part of this build" in \
+            kinds[kind].unavailable
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def factory(bag: Any, resolved: Any, **kwargs: Any) -> list[str]:
+        calls.append((bag, kwargs))
+        return ["backend"]
+
+    _fake_module(monkeypatch, "mlx_backend", mlx_available=lambda: True,
+                 PRECISIONS=("fp32", "bf16"), mlx_backends_for=factory)
+    _fake_module(monkeypatch, "openvino_backend", openvino_available=lambda: True,
+                 supported_precisions=lambda: ("fp32",), openvino_backends_for=factory)
+    _fake_module(monkeypatch, "onnxruntime_backend", onnxruntime_available=lambda: False)
+    auto = [c.label for c in machine_candidates()]
+    every = [c.label for c in machine_candidates(include_all=True)]
+    assert auto == ["torch fp32 cpu", "torch bf16 cpu", "openvino fp32 cpu"]  # no Metal here
+    assert every == auto[:2] + ["mlx fp32 cpu", "mlx bf16 cpu", "openvino fp32 cpu"]
+    assert {k.kind: k.unavailable for k in backend_kinds()}["onnxruntime"] == \
+        "onnxruntime is not installed"
+    mlx_bf16 = machine_candidates(include_all=True)[3]
+    assert mlx_bf16.build("bag", "resolved", None, None) == ["backend"]
+    openvino = machine_candidates()[2]
+    openvino.build("bag", "resolved", None, None)
+    assert calls == [("bag", {"precision": "bf16", "progress": None, "cancel": None}),
+                     (None, {"precision": "fp32", "progress": None, "cancel": None})]
