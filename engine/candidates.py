@@ -150,10 +150,10 @@ def _factory_build(module: str, factory: str, precision: str, pristine: bool = F
 
 def _plugin(kind: str, module: str) -> tuple[Any | None, str]:
     """(`engine.<module>`, "") if it is here and says `<kind>_available()`, else (None, why)."""
-    mod = _module(module)
-    if mod is None:
-        return None, f"engine.{module} is not part of this build"
     try:
+        mod = _module(module)
+        if mod is None:
+            return None, f"engine.{module} is not part of this build"
         if not getattr(mod, f"{kind}_available")():
             return None, f"{kind} is not installed"
     except Exception as exc:  # a broken install: say so, never stop the calibration
@@ -161,10 +161,13 @@ def _plugin(kind: str, module: str) -> tuple[Any | None, str]:
     return mod, ""
 
 
-def _precisions(mod: Any, default: tuple[str, ...]) -> tuple[str, ...]:
-    """What the module can run here (`supported_precisions()`), else its `PRECISIONS`."""
+def _precisions(mod: Any, kind: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """What the module can run here (`supported_precisions()`), else its `<KIND>_PRECISIONS`
+    or `PRECISIONS`."""
     supported = getattr(mod, "supported_precisions", None)
-    return tuple(supported() if supported is not None else getattr(mod, "PRECISIONS", default))
+    if supported is not None:
+        return tuple(supported())
+    return tuple(getattr(mod, f"{kind.upper()}_PRECISIONS", getattr(mod, "PRECISIONS", default)))
 
 
 def _mlx_on_gpu() -> bool:
@@ -185,7 +188,7 @@ def _mlx_kind() -> KindStatus:
     return KindStatus("mlx", tuple(
         Candidate("mlx", p, "gpu" if gpu else "cpu",
                   _factory_build("mlx_backend", "mlx_backends_for", p), auto=gpu)
-        for p in _precisions(mod, ("fp32", "fp16"))))
+        for p in _precisions(mod, "mlx", ("fp32",))))
 
 
 def _openvino_kind() -> KindStatus:
@@ -195,7 +198,7 @@ def _openvino_kind() -> KindStatus:
     return KindStatus("openvino", tuple(
         Candidate("openvino", p, "cpu",
                   _factory_build("openvino_backend", "openvino_backends_for", p, True))
-        for p in _precisions(mod, ("fp32",))))
+        for p in _precisions(mod, "openvino", ("fp32",))))
 
 
 def _onnxruntime_kind() -> KindStatus:
@@ -207,7 +210,7 @@ def _onnxruntime_kind() -> KindStatus:
     return KindStatus("onnxruntime", tuple(
         Candidate("onnxruntime", p, u, _factory_build(
             "onnxruntime_backend", "onnxruntime_backends_for", p, True, provider=u))
-        for p in _precisions(mod, ("fp32",)) for u in providers))
+        for p in _precisions(mod, "onnxruntime", ("fp32",)) for u in providers))
 
 
 def backend_kinds() -> list[KindStatus]:
