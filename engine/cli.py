@@ -27,19 +27,24 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filename", default="{track}/{stem}.{ext}",
                    help="output name template: {track} {trackext} {stem} {ext}")
     p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml"))
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "coreml", "openvino", "onnxruntime",
+                            "onnxruntime-coreml"),
+                   help="auto (CoreML on macOS 13+, else torch), or a runtime; openvino and "
+                        "onnxruntime run the core exported to ONNX (exported on first use)")
     p.add_argument("--compute-units", default="all", choices=("all", "cpu_and_gpu", "cpu_only"),
                    help="CoreML compute units (all = Neural Engine when possible)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "mixed", "fp16"),
-                   help="torch: fp32 (exact, default) or bf16 (fast); "
-                        "CoreML: mixed (default), fp16 or fp32")
+                   help="torch and openvino: fp32 (exact, default) or bf16 (fast); "
+                        "onnxruntime: fp32; CoreML: mixed (default), fp16 or fp32")
     p.add_argument("--shifts", type=int, default=1, help="random shift passes (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shift offsets")
     p.add_argument("--shift-offsets", default=None,
                    help="explicit shift offsets in samples, comma separated (reproduces a run)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--segment", type=float, default=None, help="segment length in seconds")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("-j", "--jobs", type=int, default=0,
+                   help="CPU threads of the network (0 = all cores)")
     _add_output_flags(p)
 
 
@@ -121,3 +126,7 @@ def _open_app(files: list[str]) -> int:
               file=sys.stderr)
         return 2
     return run_app(files)
+
+
+if __name__ == "__main__":  # `python -m engine.cli ...` (the source tree without the script)
+    raise SystemExit(main())

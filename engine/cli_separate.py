@@ -45,33 +45,47 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
-    from engine.backends import resolve_backend_kind
+    from engine.backends import EXPORTED_KINDS, resolve_backend_kind
     from engine.cli_models import download_printer, stage_printer
     from engine.pipeline import build_separator
 
     convert_progress = None
-    if resolve_backend_kind(args.backend) == "coreml":  # the first run converts: show it
+    kind = resolve_backend_kind(args.backend)
+    if kind == "coreml" or kind in EXPORTED_KINDS:  # the first run converts: show it
         convert_progress = stage_printer()
     return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
                            options=options, progress=download_printer(),
                            precision=args.precision, compute_units=args.compute_units,
-                           convert_progress=convert_progress)
+                           convert_progress=convert_progress, threads=args.jobs or None)
+
+
+def check_usage(args: argparse.Namespace, name: str) -> tuple[SeparationOptions, OutputPlan]:
+    """Everything that can be checked before any work; `DemixerError`s are usage errors."""
+    from engine.backends import (
+        EXPORTED_KINDS,
+        check_device,
+        check_exported_precision,
+        resolve_backend_kind,
+    )
+
+    options, plan = options_from(args), plan_from(args, name)
+    kind = resolve_backend_kind(args.backend)
+    if kind in EXPORTED_KINDS:  # the device is torch's; these runtimes run on the CPU
+        check_exported_precision(kind, args.precision)
+    elif kind != "coreml":
+        check_device(args.device)
+    return options, plan
 
 
 def run_separate(args: argparse.Namespace) -> int:
     name = args.name or default_model()
     try:
-        from engine.backends import check_device, resolve_backend_kind
-
-        options, plan = options_from(args), plan_from(args, name)
-        resolve_backend_kind(args.backend)
-        if args.backend != "coreml":
-            check_device(args.device)
+        options, plan = check_usage(args, name)
     except DemixerError as err:
         print(f"demixer: {err}", file=sys.stderr)
         return 2
-    if args.jobs > 0:
-        import torch
+    if args.jobs > 0 and args.backend not in ("openvino", "onnxruntime", "onnxruntime-coreml"):
+        import torch  # the exported runtimes get the count instead (build_separator)
 
         torch.set_num_threads(args.jobs)
     try:
