@@ -130,37 +130,59 @@ def metadata_bytes(metadata: dict[str, str]) -> bytes:
 
 
 def _read_varint(f: BinaryIO) -> int | None:
+    """The next varint, or None at the end of the data; ValueError if it is cut or too long."""
     shift = value = 0
-    while True:
+    for count in range(10):
         byte = f.read(1)
         if not byte:
+            if count:
+                raise ValueError("the data ends inside a number")
             return None
         value |= (byte[0] & 0x7F) << shift
         if not byte[0] & 0x80:
             return value
         shift += 7
+    raise ValueError("a number is longer than protobuf allows")
 
 
-def _skip(f: BinaryIO, wire: int) -> None:
+def _length(f: BinaryIO, end: int) -> int:
+    """A length-delimited field's length, checked against the bytes left (`end`)."""
+    size = _read_varint(f)
+    if size is None or f.tell() + size > end:
+        raise ValueError("a field runs past the end of the data")
+    return size
+
+
+def _tag(f: BinaryIO) -> tuple[int, int] | None:
+    """(field number, wire type) of the next field, None at the end."""
+    tag = _read_varint(f)
+    if tag is None:
+        return None
+    if tag >> 3 == 0 or tag & 7 not in (0, 1, 2, 5):
+        raise ValueError(f"field tag {tag} is not protobuf")
+    return tag >> 3, tag & 7
+
+
+def _skip(f: BinaryIO, wire: int, end: int) -> None:
     if wire == 0:
         _read_varint(f)
     elif wire in (1, 5):
         f.seek(8 if wire == 1 else 4, io.SEEK_CUR)
-    elif wire == 2:
-        f.seek(_read_varint(f) or 0, io.SEEK_CUR)
     else:
-        raise ValueError(f"unsupported protobuf wire type {wire}")
+        f.seek(_length(f, end), io.SEEK_CUR)
+    if f.tell() > end:
+        raise ValueError("a field runs past the end of the data")
 
 
 def _entry(data: bytes) -> tuple[str, str]:
     """A StringStringEntryProto's (key, value)."""
     found = {1: "", 2: ""}
     view = io.BytesIO(data)
-    while (tag := _read_varint(view)) is not None:
-        if tag & 7 == 2 and tag >> 3 in found:
-            found[tag >> 3] = view.read(_read_varint(view) or 0).decode()
+    while (tag := _tag(view)) is not None:
+        if tag[1] == 2 and tag[0] in found:
+            found[tag[0]] = view.read(_length(view, len(data))).decode()
         else:
-            _skip(view, tag & 7)
+            _skip(view, tag[1], len(data))
     return found[1], found[2]
 
 
@@ -170,12 +192,14 @@ def read_metadata(path: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         with open(path, "rb") as f:
-            while (tag := _read_varint(f)) is not None:
-                if tag >> 3 == _METADATA_FIELD and tag & 7 == 2:
-                    key, value = _entry(f.read(_read_varint(f) or 0))
+            end = f.seek(0, io.SEEK_END)
+            f.seek(0)
+            while (tag := _tag(f)) is not None:
+                if tag == (_METADATA_FIELD, 2):
+                    key, value = _entry(f.read(_length(f, end)))
                     out[key] = value
                 else:
-                    _skip(f, tag & 7)
+                    _skip(f, tag[1], end)
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise DemixerError(f"{path} cannot be read as an ONNX file ({exc}).") from exc
     return out
@@ -218,6 +242,7 @@ def export_bytes(model: nn.Module, batch: int = 1, opset: int = OPSET) -> tuple[
         warnings.filterwarnings("ignore", "You are using the legacy TorchScript",
                                 DeprecationWarning)
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         # the TorchScript exporter writes to any binary file object (typed for paths only)
         torch.onnx.export(core, (spec, wave), buf,  # type: ignore[arg-type]
                           input_names=list(INPUT_NAMES),
