@@ -38,10 +38,10 @@ from engine import __version__
 from engine.atomicio import write_text_atomic
 from engine.backends import Backend
 from engine.candidates import Candidate, library_versions, machine_candidates, machine_identity
-from engine.core import CoreShapes
 from engine.errors import Cancelled, DemixerError
 from engine.excerpt import excerpt
 from engine.separator import SeparationOptions, Separator
+from engine.shapes import CoreShapes
 from engine.store import data_dir, data_subdir
 
 if TYPE_CHECKING:

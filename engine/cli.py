@@ -27,10 +27,13 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filename", default="{track}/{stem}.{ext}",
                    help="output name template: {track} {trackext} {stem} {ext}")
     p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml"),
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "coreml", "openvino", "onnxruntime",
+                            "onnxruntime-coreml"),
                    help="auto (default): the fastest backend that passed the --quality gate "
                         "on this machine (calibrated on first use, see `demixer models "
-                        "calibrate`)")
+                        "calibrate`), or a runtime; openvino and onnxruntime run the core "
+                        "exported to ONNX (exported on first use)")
     p.add_argument("--quality", default="default", choices=("default", "exact", "fast"),
                    help="what --backend auto must reach against PyTorch fp32 (worst stem): "
                         "exact 70 dB, default 60 dB, fast 40 dB")
@@ -38,15 +41,17 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
                    help="CoreML compute units (all = Neural Engine when possible); "
                         "bypasses the calibration")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "mixed", "fp16"),
-                   help="torch: fp32 (exact, default) or bf16 (fast); "
-                        "CoreML: mixed (default), fp16 or fp32; bypasses the calibration")
+                   help="torch and openvino: fp32 (exact, default) or bf16 (fast); "
+                        "onnxruntime: fp32; CoreML: mixed (default), fp16 or fp32; "
+                        "bypasses the calibration")
     p.add_argument("--shifts", type=int, default=1, help="random shift passes (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shift offsets")
     p.add_argument("--shift-offsets", default=None,
                    help="explicit shift offsets in samples, comma separated (reproduces a run)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--segment", type=float, default=None, help="segment length in seconds")
-    p.add_argument("-j", "--jobs", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.add_argument("-j", "--jobs", type=int, default=0,
+                   help="CPU threads of the network (0 = all cores)")
     _add_output_flags(p)
 
 
@@ -130,5 +135,5 @@ def _open_app(files: list[str]) -> int:
     return run_app(files)
 
 
-if __name__ == "__main__":  # `python -m engine.cli ...` (a checkout without the script)
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m engine.cli ...` (the source tree without the script)
+    raise SystemExit(main())

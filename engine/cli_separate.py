@@ -47,7 +47,7 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
-    from engine.backends import resolve_backend_kind
+    from engine.backends import EXPORTED_KINDS, resolve_backend_kind
     from engine.cli_calibrate import progress_printer
     from engine.cli_models import download_printer, stage_printer
     from engine.pipeline import build_separator, uses_calibration
@@ -55,8 +55,9 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
     calibrated = uses_calibration(args.backend, args.precision, args.compute_units,
                                   args.device)
     convert_progress = None
-    if calibrated or resolve_backend_kind(args.backend) == "coreml":
-        convert_progress = stage_printer()  # the first CoreML run converts: show it
+    kind = resolve_backend_kind(args.backend)
+    if calibrated or kind == "coreml" or kind in EXPORTED_KINDS:
+        convert_progress = stage_printer()  # the first run converts or exports: show it
     t0 = time.monotonic()
     shown = progress_printer(name)
     ran: list[bool] = []
@@ -69,8 +70,8 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
                                 device=args.device, options=options,
                                 progress=download_printer(), precision=args.precision,
                                 compute_units=args.compute_units,
-                                convert_progress=convert_progress, quality=args.quality,
-                                calibrate_progress=calibrating)
+                                convert_progress=convert_progress, threads=args.jobs or None,
+                                quality=args.quality, calibrate_progress=calibrating)
     if ran:  # the first run on this machine: say what came of it
         chosen = getattr(separator.backends[0], "candidate", None)
         label = chosen.label if chosen is not None else separator.backends[0].name
@@ -80,20 +81,33 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
     return separator
 
 
+def check_usage(args: argparse.Namespace, name: str) -> tuple[SeparationOptions, OutputPlan]:
+    """Everything that can be checked before any work; `DemixerError`s are usage errors."""
+    from engine.backends import (
+        EXPORTED_KINDS,
+        check_device,
+        check_exported_precision,
+        resolve_backend_kind,
+    )
+
+    options, plan = options_from(args), plan_from(args, name)
+    kind = resolve_backend_kind(args.backend)
+    if kind in EXPORTED_KINDS:  # the device is torch's; these runtimes run on the CPU
+        check_exported_precision(kind, args.precision)
+    elif kind != "coreml":
+        check_device(args.device)
+    return options, plan
+
+
 def run_separate(args: argparse.Namespace) -> int:
     name = args.name or default_model()
     try:
-        from engine.backends import check_device, resolve_backend_kind
-
-        options, plan = options_from(args), plan_from(args, name)
-        resolve_backend_kind(args.backend)
-        if args.backend != "coreml":
-            check_device(args.device)
+        options, plan = check_usage(args, name)
     except DemixerError as err:
         print(f"demixer: {err}", file=sys.stderr)
         return 2
-    if args.jobs > 0:
-        import torch
+    if args.jobs > 0 and args.backend not in ("openvino", "onnxruntime", "onnxruntime-coreml"):
+        import torch  # the exported runtimes get the count instead (build_separator)
 
         torch.set_num_threads(args.jobs)
     try:

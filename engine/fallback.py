@@ -25,8 +25,8 @@ import numpy as np
 
 from engine.backends import Backend
 from engine.candidates import Candidate
-from engine.core import CoreShapes
 from engine.errors import Cancelled, DemixerError
+from engine.shapes import CoreShapes
 
 BuildOne = Callable[[Candidate], list[Backend]]  # one backend per bag member
 

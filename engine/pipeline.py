@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.backends import Backend, TorchBackend, check_device, resolve_backend_kind
+from engine.backends import (
+    EXPORTED_KINDS,
+    Backend,
+    TorchBackend,
+    check_device,
+    check_exported_precision,
+    resolve_backend_kind,
+)
 from engine.calibrate import ProgressFn, calibration_for, check_quality
 from engine.candidates import machine_candidates
 from engine.download import DownloadProgress
@@ -24,10 +31,14 @@ from engine.store import ResolvedModel, load_model, resolve_model
 def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "cpu",
                   precision: str | None = None, *, compute_units: str | None = None,
                   convert_progress: Callable[[Any], None] | None = None,
-                  cancel: threading.Event | None = None) -> list[Backend]:
-    """One backend per bag member. `kind` is 'auto', 'torch' or 'coreml'; `precision` None is
-    each backend's default (torch: exact fp32; CoreML: mixed). The first CoreML run converts
-    the core (`convert_progress` gets its stages), later runs load the cached package."""
+                  cancel: threading.Event | None = None,
+                  threads: int | None = None) -> list[Backend]:
+    """One backend per bag member. `kind` is 'auto' or one of `engine.backends.KINDS`;
+    `precision` None is each backend's default (torch, OpenVINO, ONNX Runtime: exact fp32;
+    CoreML: mixed). The first CoreML run converts the core, the first OpenVINO / ONNX Runtime
+    run exports it (`convert_progress` gets the stages); later runs load the cache. `bag`
+    may be None for the exported kinds: the checkpoints are then loaded only to export.
+    `threads` is the exported runtimes' thread count (None = every core)."""
     kind = resolve_backend_kind(kind)
     if kind == "coreml":  # pragma: no cover - macOS only
         from engine.convert import ConvertOptions
@@ -37,9 +48,35 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
         return list(coreml_backends_for(bag, resolved, compute_units=compute_units or "all",
                                         options=options, convert_progress=convert_progress,
                                         cancel=cancel))
+    if kind in EXPORTED_KINDS:
+        return _exported_backends(bag, resolved, kind, check_exported_precision(kind, precision),
+                                  convert_progress, cancel, threads)
     check_device(device)
     return [TorchBackend(member, device, precision=precision or "fp32")
             for member in bag.models]
+
+
+def _exported_backends(bag: Any, resolved: ResolvedModel, kind: str, precision: str,
+                       progress: Callable[[Any], None] | None, cancel: threading.Event | None,
+                       threads: int | None) -> list[Backend]:
+    if kind == "openvino":
+        from engine.openvino_backend import openvino_backends_for
+
+        return list(openvino_backends_for(bag, resolved, precision=precision, progress=progress,
+                                          cancel=cancel, threads=threads))
+    from engine.onnxruntime_backend import onnxruntime_backends_for
+
+    provider = "coreml" if kind == "onnxruntime-coreml" else "cpu"
+    return list(onnxruntime_backends_for(bag, resolved, precision=precision, provider=provider,
+                                         progress=progress, cancel=cancel, threads=threads))
+
+
+def bag_weights(resolved: ResolvedModel, sources: int) -> list[list[float]]:
+    """The bag's weights (member x source) as demucs's `BagOfModels` sets them: the bag
+    file's, else all ones - without loading the checkpoints."""
+    if resolved.weights is not None:
+        return [list(row) for row in resolved.weights]
+    return [[1.0] * sources for _ in resolved.checkpoints]
 
 
 def uses_calibration(backend: str, precision: str | None, compute_units: str | None,
@@ -72,22 +109,30 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
                     cancel: threading.Event | None = None, precision: str | None = None,
                     compute_units: str | None = None,
                     convert_progress: Callable[[Any], None] | None = None,
-                    quality: str = "default",
+                    threads: int | None = None, quality: str = "default",
                     calibrate_progress: ProgressFn | None = None) -> Separator:
     """Resolve (and download) `name`, verify and load it, and wrap it in a `Separator`.
 
-    `progress` gets download progress, `convert_progress` CoreML conversion stages,
-    `calibrate_progress` the first run's calibration; `cancel` stops any of them. Raises
+    `progress` gets download progress, `convert_progress` CoreML conversion or ONNX export
+    stages, `calibrate_progress` the first run's calibration; `cancel` stops any of them.
+    The exported kinds (OpenVINO, ONNX Runtime), asked for by name, load the checkpoints only
+    when they must export: a start from the cache needs no torch at all. Raises
     `DemixerError`s with one sentence for the user."""
-    resolve_backend_kind(backend)  # a wrong backend is reported before any download
+    kind = resolve_backend_kind(backend)  # a wrong backend is reported before any download
     check_quality(quality)
+    if kind in EXPORTED_KINDS:
+        check_exported_precision(kind, precision)
     resolved = resolve_model(name, repo, download=download, progress=progress, cancel=cancel)
-    bag: Any = load_model(resolved)
     if uses_calibration(backend, precision, compute_units, device):
+        bag: Any = load_model(resolved)
         backends = calibrated_backends(bag, resolved, quality, progress=calibrate_progress,
                                        convert_progress=convert_progress, cancel=cancel)
     else:
-        backends = make_backends(bag, resolved, backend, device, precision,
+        bag = None if kind in EXPORTED_KINDS else load_model(resolved)
+        backends = make_backends(bag, resolved, kind, device, precision,
                                  compute_units=compute_units,
-                                 convert_progress=convert_progress, cancel=cancel)
-    return Separator(bag.weights, backends, options)
+                                 convert_progress=convert_progress, cancel=cancel,
+                                 threads=threads)
+    weights = bag.weights if bag is not None else bag_weights(resolved,
+                                                              len(backends[0].shapes.sources))
+    return Separator(weights, backends, options)

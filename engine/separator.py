@@ -23,9 +23,9 @@ import numpy as np
 from engine import stft
 from engine.backends import Backend
 from engine.chunking import Chunk, Pass, draw_shift_offsets, plan, triangle_weight
-from engine.core import CoreShapes
 from engine.errors import Cancelled, DemixerError
 from engine.overlap_add import Combiner, PassAccumulator
+from engine.shapes import CoreShapes
 from engine.stembuffers import StemBuffers, read_track_window
 
 FFT_WORKERS = max(1, min(4, os.cpu_count() or 1))  # scipy.fft threads for STFT / iSTFT

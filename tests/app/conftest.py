@@ -17,6 +17,7 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from app.library import Library  # noqa: E402
 from app.mainwindow import MainWindow  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from tests.conftest import seed_onnx_cache  # noqa: E402
 from tests.engine.audio_files import sine_mix, write_wav  # noqa: E402
 
 
@@ -33,12 +34,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def tiny_calibration(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_calibration(tiny_repo: Path, tiny_onnx_root: Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real calibration of the tiny htdemucs_6s on this machine, made once per session."""
     from engine.calibrate import calibrate
     from engine.store import load_model, resolve_model
 
     home = tmp_path_factory.mktemp("calibrated-home")
+    seed_onnx_cache(tiny_onnx_root, home)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DEMIXER_HOME", str(home))
         resolved = resolve_model("htdemucs_6s", tiny_repo)
@@ -47,9 +50,15 @@ def tiny_calibration(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture
-def uncalibrated_repo(tiny_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The tiny models, on a machine where none has been calibrated yet (a first run)."""
+def uncalibrated_repo(tiny_repo: Path, tiny_onnx_root: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny models, on a machine where none has been calibrated yet (a first run; the
+    ONNX export the OpenVINO and ONNX Runtime candidates need is there already: exporting
+    has its own tests)."""
+    from engine.store import data_dir
+
     monkeypatch.setenv("DEMIXER_MODEL_REPO", str(tiny_repo))
+    seed_onnx_cache(tiny_onnx_root, data_dir())
     return tiny_repo
 
 
