@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 
 def fsync_path(path: Path) -> None:
@@ -35,11 +37,17 @@ def temp_name(target: Path) -> Path:
 
 def write_bytes_atomic(target: Path, data: bytes) -> None:
     """Replace `target` with `data`, atomically and durably (see module docstring)."""
+    write_atomic(target, lambda f: f.write(data))
+
+
+def write_atomic(target: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Replace `target` with what `write` writes into the binary file it is given (e.g. a
+    library's own saver), atomically and durably (see module docstring)."""
     target = Path(target)
     tmp = temp_name(target)
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)

@@ -6,7 +6,8 @@ A backend sees only real float32 arrays (see `engine.core` for the layout):
 One backend serves one model (a bag gets one backend per member). `TorchBackend` runs anywhere
 (cpu, cuda, mps); `engine.coreml_backend.CoreMLBackend` runs the converted core on macOS;
 `engine.openvino_backend.OpenVINOBackend` and `engine.onnxruntime_backend.ONNXRuntimeBackend`
-run the core exported to ONNX (`engine.onnx_export`, cached by `engine.onnx_cache`).
+run the core exported to ONNX (`engine.onnx_export`, cached by `engine.onnx_cache`);
+`engine.mlx_backend.MLXBackend` runs an MLX port of the core (Apple GPU, or MLX's CPU build).
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def coreml_supported() -> bool:
 
 # Backends that run the core exported to ONNX (engine.onnx_export): no torch once exported.
 EXPORTED_KINDS = ("openvino", "onnxruntime", "onnxruntime-coreml")
-KINDS = ("auto", "torch", "coreml", *EXPORTED_KINDS)
+KINDS = ("auto", "torch", "coreml", "mlx", *EXPORTED_KINDS)
+BACKEND_KINDS = KINDS  # (the name the MLX work used)
 
 
 def _check_runtime(kind: str) -> None:
@@ -157,11 +159,17 @@ def _check_runtime(kind: str) -> None:
 
 
 def resolve_backend_kind(kind: str) -> str:
-    """'auto' -> 'coreml' on macOS 13+, 'torch' elsewhere; validates explicit choices."""
+    """'auto' -> 'coreml' on macOS 13+, 'torch' elsewhere; validates explicit choices
+    ('mlx' needs MLX installed and working: `engine.mlx_backend.mlx_available`)."""
     if kind == "auto":
         return "coreml" if coreml_supported() else "torch"
     if kind == "coreml" and not coreml_supported():
         raise DemixerError("CoreML needs macOS 13 or later; use --backend torch")
+    if kind == "mlx":
+        from engine.mlx_backend import NOT_INSTALLED, mlx_available
+
+        if not mlx_available():
+            raise DemixerError(NOT_INSTALLED)
     if kind not in KINDS:
         raise DemixerError(f"Unknown backend '{kind}'; use {', '.join(KINDS)}.")
     if kind in EXPORTED_KINDS:
@@ -209,3 +217,23 @@ def predict_in_groups(run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, 
     if len(outs) == 1:
         return outs[0]
     return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+
+def check_precision(kind: str, precision: str | None) -> None:
+    """A precision the resolved backend `kind` does not have is a usage error (None: its
+    default)."""
+    if precision is None:
+        return
+    if kind in EXPORTED_KINDS:
+        check_exported_precision(kind, precision)
+        return
+    allowed: tuple[str, ...]
+    if kind == "mlx":
+        from engine.mlx_backend import MLX_PRECISIONS as allowed
+    elif kind == "coreml":
+        from engine.convert import PRECISIONS as allowed
+    else:
+        allowed = PRECISIONS
+    if precision not in allowed:
+        raise DemixerError(f"The {kind} backend has no precision '{precision}'; "
+                           f"use {', '.join(allowed)}.")

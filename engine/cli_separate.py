@@ -56,7 +56,7 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
                                   args.device)
     convert_progress = None
     kind = resolve_backend_kind(args.backend)
-    if calibrated or kind == "coreml" or kind in EXPORTED_KINDS:
+    if calibrated or kind in ("coreml", "mlx") or kind in EXPORTED_KINDS:
         convert_progress = stage_printer()  # the first run converts or exports: show it
     t0 = time.monotonic()
     shown = progress_printer(name)
@@ -83,18 +83,12 @@ def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Se
 
 def check_usage(args: argparse.Namespace, name: str) -> tuple[SeparationOptions, OutputPlan]:
     """Everything that can be checked before any work; `DemixerError`s are usage errors."""
-    from engine.backends import (
-        EXPORTED_KINDS,
-        check_device,
-        check_exported_precision,
-        resolve_backend_kind,
-    )
+    from engine.backends import check_device, check_precision, resolve_backend_kind
 
     options, plan = options_from(args), plan_from(args, name)
     kind = resolve_backend_kind(args.backend)
-    if kind in EXPORTED_KINDS:  # the device is torch's; these runtimes run on the CPU
-        check_exported_precision(kind, args.precision)
-    elif kind != "coreml":
+    check_precision(kind, args.precision)
+    if kind == "torch":  # the device is torch's; the other runtimes choose their own
         check_device(args.device)
     return options, plan
 

@@ -34,12 +34,18 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
                   cancel: threading.Event | None = None,
                   threads: int | None = None) -> list[Backend]:
     """One backend per bag member. `kind` is 'auto' or one of `engine.backends.KINDS`;
-    `precision` None is each backend's default (torch, OpenVINO, ONNX Runtime: exact fp32;
-    CoreML: mixed). The first CoreML run converts the core, the first OpenVINO / ONNX Runtime
-    run exports it (`convert_progress` gets the stages); later runs load the cache. `bag`
-    may be None for the exported kinds: the checkpoints are then loaded only to export.
-    `threads` is the exported runtimes' thread count (None = every core)."""
+    `precision` None is each backend's default (torch, MLX, OpenVINO, ONNX Runtime: exact
+    fp32; CoreML: mixed). The first CoreML or MLX run converts the core, the first OpenVINO /
+    ONNX Runtime run exports it (`convert_progress` gets the stages); later runs load the
+    cache. `bag` may be None for MLX and the exported kinds: the checkpoints are then loaded
+    only to convert or export. `threads` is the exported runtimes' thread count (None =
+    every core)."""
     kind = resolve_backend_kind(kind)
+    if kind == "mlx":
+        from engine.mlx_backend import mlx_backends_for
+
+        return list(mlx_backends_for(bag, resolved, precision=precision or "fp32",
+                                     progress=convert_progress, cancel=cancel))
     if kind == "coreml":  # pragma: no cover - macOS only
         from engine.convert import ConvertOptions
         from engine.coreml_backend import coreml_backends_for
@@ -115,8 +121,9 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
 
     `progress` gets download progress, `convert_progress` CoreML conversion or ONNX export
     stages, `calibrate_progress` the first run's calibration; `cancel` stops any of them.
-    The exported kinds (OpenVINO, ONNX Runtime), asked for by name, load the checkpoints only
-    when they must export: a start from the cache needs no torch at all. Raises
+    MLX and the exported kinds (OpenVINO, ONNX Runtime), asked for by name, load the
+    checkpoints only when they must convert or export: a start from the cache needs no
+    unpickling (and the exported kinds no torch at all). Raises
     `DemixerError`s with one sentence for the user."""
     kind = resolve_backend_kind(backend)  # a wrong backend is reported before any download
     check_quality(quality)
@@ -128,7 +135,8 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
         backends = calibrated_backends(bag, resolved, quality, progress=calibrate_progress,
                                        convert_progress=convert_progress, cancel=cancel)
     else:
-        bag = None if kind in EXPORTED_KINDS else load_model(resolved)
+        lazy = kind == "mlx" or kind in EXPORTED_KINDS
+        bag = None if lazy else load_model(resolved)
         backends = make_backends(bag, resolved, kind, device, precision,
                                  compute_units=compute_units,
                                  convert_progress=convert_progress, cancel=cancel,

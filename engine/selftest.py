@@ -8,8 +8,9 @@ hold for any weights: the stems equal demucs's own `apply_model` on the same che
 the same decoded mix, their sum equals demucs's sum, the written files equal the stem buffers,
 and every length is exact. Around that it checks what a frozen app most often lacks: the CA
 bundle for HTTPS, the data files of the model catalogue and of demucs, the native libraries
-(FFmpeg through PyAV, LAME, libsndfile, soxr) and CoreML conversion (coremltools), and on macOS
-a CoreML separation.
+(FFmpeg through PyAV, LAME, libsndfile, soxr) and CoreML conversion (coremltools), an MLX
+separation checked against demucs (the Apple GPU on a Mac, MLX's CPU build on Linux; a line
+says so where MLX is not installed), and on macOS a CoreML separation.
 
 Each check prints one line; the exit code is 0 when all pass, 1 otherwise. `main` takes extra
 checks (the frozen app adds its Qt and PortAudio checks, which `engine` may not import).
@@ -476,6 +477,61 @@ def check_coreml_separation(ctx: Context) -> str:
             f"within {min(snrs):.0f} dB of PyTorch's")
 
 
+def _mlx_location() -> str:
+    """Where MLX was loaded from; inside the bundle when frozen (else the check fails)."""
+    import mlx.core as mx
+
+    path = Path(str(mx.__file__))
+    expect(_inside_bundle(path), f"MLX was loaded from {path}, outside the app bundle")
+    if sys.platform == "darwin" and platform.machine() == "arm64":  # its Metal kernels load
+        expect(mx.default_device() == mx.gpu, f"MLX runs on {mx.default_device()}, not the GPU")
+    return f"MLX {getattr(mx, '__version__', '?')} on {mx.default_device()}"
+
+
+def _inside_bundle(path: Path) -> bool:
+    bundle = getattr(sys, "_MEIPASS", None)
+    return bundle is None or path.resolve().is_relative_to(Path(bundle).resolve())
+
+
+def check_mlx_separation(ctx: Context) -> str:
+    """The MLX backend (the Apple GPU on a Mac, MLX's CPU build on Linux): converts the
+    weights into the self-test's data folder, separates the song, and equals demucs's
+    `apply_model`. Passes with a line saying so where MLX is not installed at all."""
+    from engine.mlx_backend import mlx_available
+
+    try:
+        import mlx.core  # noqa: F401
+    except ImportError:
+        return "skipped: MLX is not installed in this build"
+    expect(mlx_available(), "MLX imports but cannot compute on this machine")
+    where = _mlx_location()
+    data = _separate_with("mlx", ctx)
+    reference: np.ndarray = ctx["reference"]
+    snrs = [snr_db(a, b) for a, b in zip(data, reference, strict=True)]
+    expect(min(snrs) >= REFERENCE_SNR_DB, f"MLX stems are {[round(x, 1) for x in snrs]} dB "
+           f"from demucs's (need >= {REFERENCE_SNR_DB:.0f})")
+    return f"{where}: every stem within {min(snrs):.0f} dB SNR of demucs.apply.apply_model"
+
+
+def _separate_with(backend: str, ctx: Context) -> np.ndarray:
+    """The stems (sources, 2, frames) of the song through `build_separator(backend=...)`."""
+    from engine.job import SeparationJob
+    from engine.pipeline import build_separator
+    from engine.separator import SeparationOptions
+
+    separator = build_separator(MODEL, repo=ctx["repo"], backend=backend,
+                                options=SeparationOptions(shifts=0), download=False)
+    job = SeparationJob(ctx["song"], separator, stems_dir=ctx.workdir / f"stems-{backend}")
+    result = job.run()
+    stems = job.stems
+    if not result.ok or stems is None:
+        raise CheckFailed(f"the {backend} job failed: {result.error or 'cancelled'}")
+    try:
+        return np.stack([stems.read(s, 0, stems.frames) for s in stems.sources])
+    finally:
+        stems.close()
+
+
 # --- running -------------------------------------------------------------------------------
 
 
@@ -495,6 +551,7 @@ def engine_checks(ctx: Context) -> list[Check]:
         ("sum of stems", lambda: check_sum(ctx)),
         ("written stems", lambda: check_written(ctx)),
         ("MP3 export", lambda: check_mp3_export(ctx)),
+        ("MLX separation", lambda: check_mlx_separation(ctx)),
     ]
     if sys.platform == "darwin":
         checks.append(("CoreML separation", lambda: check_coreml_separation(ctx)))

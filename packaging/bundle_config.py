@@ -39,6 +39,7 @@ HIDDEN_IMPORTS = [
     "demucs.states", "demucs.apply", "demucs.pretrained", "demucs.repo",
     "scipy.fft", "soxr", "av", "lameenc", "einops", "yaml", "platformdirs", "certifi",
     "coremltools", "sounddevice", "_cffi_backend",
+    "mlx.core", "mlx.nn",  # the MLX backend imports them lazily (hooks/hook-mlx.py)
 ]
 
 # What the app never uses but hooks or loose imports would drag in.

@@ -3,7 +3,8 @@
 #   system libraries (Debian: PortAudio for sounddevice, the libraries Qt's offscreen
 #   platform loads), a virtual environment in .venv with PyTorch pinned to the CPU build
 #   2.13.0 (an unpinned torch pulls gigabytes of CUDA packages), the project with its dev
-#   extras, then pytest. Extra arguments go to pytest.
+#   extras (on Linux they include MLX's CPU build, mlx[cpu]==0.32.4, for the MLX backend's
+#   tests), then pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

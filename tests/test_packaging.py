@@ -347,6 +347,33 @@ def test_a_check_after_a_failed_one_reports_what_it_missed(tmp_path: Path) -> No
     assert not outcome.ok and "needs the 'repo'" in outcome.detail
 
 
+def test_mlx_check_says_so_where_mlx_is_not_installed(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.setitem(sys.modules, "mlx.core", None)  # `import mlx.core` raises ImportError
+    outcome = run_check("MLX separation", lambda: selftest.check_mlx_separation(
+        Context(tmp_path)))
+    assert outcome.ok and outcome.detail == "skipped: MLX is not installed in this build"
+
+
+def test_mlx_check_fails_when_frozen_with_mlx_outside_the_bundle(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("mlx.core", reason="MLX is not installed (tests/run.sh installs it)")
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+    outcome = run_check("MLX separation", lambda: selftest.check_mlx_separation(
+        Context(tmp_path)))
+    assert not outcome.ok and "outside the app bundle" in outcome.detail
+
+
+def test_mlx_hook_collects_the_native_library() -> None:
+    pytest.importorskip("mlx.core", reason="MLX is not installed (tests/run.sh installs it)")
+    hook = runpy.run_path(str(PACKAGING / "hooks" / "hook-mlx.py"))
+    libs = {(Path(src).name.split(".")[0], dest) for src, dest in hook["binaries"]}
+    assert ("libmlx", "mlx/lib") in libs
+    assert {"mlx._reprlib_fix", "mlx.nn"} <= set(hook["hiddenimports"])
+    if sys.platform == "darwin":
+        assert ("mlx.metallib", "mlx/lib") in {(Path(s).name, d) for s, d in hook["datas"]}
+
+
 def test_ca_check_fails_without_the_ca_file(monkeypatch: pytest.MonkeyPatch,
                                             tmp_path: Path) -> None:
     import certifi

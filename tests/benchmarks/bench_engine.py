@@ -1,7 +1,7 @@
 """Benchmark: demucs.api.Separator vs each Demixer mode, side by side, in one run.
 
     .venv/bin/python tests/benchmarks/bench_engine.py [--seconds 60] [--long-minutes 20]
-        [--modes exact,fast] [--rss-model real|tiny] [--repeat N]
+        [--modes exact,fast,mlx] [--rss-model real|tiny] [--repeat N]
         [--json bench-results/engine.json]
 
 Same audio, the real htdemucs_6s architecture from `make-test-model` (random weights),
@@ -41,7 +41,13 @@ MODES = {
     "fast": ("torch", "bf16", "PyTorch bf16 autocast"),
     "coreml-ane": ("coreml", "mixed", "CoreML mixed precision, compute units ALL"),
     "coreml-gpu": ("coreml", "mixed", "CoreML mixed precision, CPU_AND_GPU"),
+    "mlx": ("mlx", "fp32", "MLX fp32"),
+    "mlx-mixed": ("mlx", "mixed", "MLX, float16 attention"),
+    "mlx-fp16": ("mlx", "fp16", "MLX float16"),
 }
+# MLX off a Mac is its CPU build: a test vehicle (about a minute per segment here), so its
+# rows run only when asked for with --modes, and never for the hour-long RSS runs.
+CPU_BUILD_NOTE = "MLX's CPU build (Linux), not the Apple GPU figure"
 
 
 def _snr(got: np.ndarray, want: np.ndarray) -> float:
@@ -97,8 +103,11 @@ def run_mode(repo: Path, song: Path, mode: str) -> dict:
     assert result.ok, result.error
     assert job.stems is not None
     stems = {s: job.stems.read(s, 0, job.stems.frames) for s in sep.sources}
+    extra = {}
+    if backend == "mlx":
+        extra["device"] = str(sep.backends[0].device)  # type: ignore[attr-defined]
     return {"seconds": seconds, "first_playable_s": first[0], "stems": stems,
-            "segment_s": _segment_time(sep)}
+            "segment_s": _segment_time(sep), **extra}
 
 
 def _segment_time(sep: object) -> float:
@@ -164,15 +173,23 @@ def machine() -> dict:
 
 def available_modes(wanted: list[str]) -> list[str]:
     from engine.backends import coreml_supported
+    from engine.mlx_backend import mlx_available
 
-    return [m for m in wanted if MODES[m][0] != "coreml" or coreml_supported()]
+    usable = {"torch": True, "coreml": coreml_supported(), "mlx": mlx_available()}
+    return [m for m in wanted if usable[MODES[m][0]]]
+
+
+def default_modes() -> list[str]:
+    """Every mode on a Mac; elsewhere all but MLX's slow CPU build (ask with --modes)."""
+    return [m for m in MODES if sys.platform == "darwin" or MODES[m][0] != "mlx"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--long-minutes", type=float, default=20.0)
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(default_modes()),
+                    help=f"comma separated, of {', '.join(MODES)}")
     ap.add_argument("--rss-model", choices=("real", "tiny"), default="real",
                     help="architecture for the peak-RSS runs (tiny: minutes instead of hours)")
     ap.add_argument("--no-rss", action="store_true")
@@ -245,7 +262,10 @@ def timing_rows(repo: Path, song: Path, modes: list[str], seconds: float,
     for mode in modes:
         r = best[mode]
         snrs = {s: _snr(stems[mode][s], ref[s]) for s in ref}
-        row = {"mode": mode, "what": MODES[mode][2], "seconds": r["seconds"],
+        what = MODES[mode][2]
+        if r.get("device", "").startswith("Device(cpu"):
+            what = f"{what}: {CPU_BUILD_NOTE}"
+        row = {"mode": mode, "what": what, "seconds": r["seconds"],
                "audio_per_s": seconds / r["seconds"], "ratio": d_time / r["seconds"],
                "first_playable_s": r["first_playable_s"], "segment_s": r["segment_s"],
                "first_over_segment": r["first_playable_s"] / r["segment_s"],
@@ -267,7 +287,7 @@ def add_rss(rows: list[dict], work: Path, args: argparse.Namespace) -> None:
     short = write_long_wav(work / "one-minute.wav", 60, 44100)
     long = write_long_wav(work / "long.wav", args.long_minutes * 60, 44100)
     for row in rows:
-        if row["mode"].startswith("coreml"):
+        if row["mode"].startswith("coreml") or CPU_BUILD_NOTE in row.get("what", ""):
             continue
         row["rss_model"] = args.rss_model
         row["rss_1min_mb"] = peak_rss_mb(row["mode"], repo, short)
@@ -288,12 +308,15 @@ def print_table(report: dict) -> None:
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in report["rows"]:
         snr = r.get("snr_vs_exact_min", r.get("snr_vs_demucs_min"))
-        cells = [r["mode"], f"{r['seconds']:.1f}", f"{r['audio_per_s']:.2f}",
+        mode = f"{r['mode']} (CPU build)" if CPU_BUILD_NOTE in r.get("what", "") else r["mode"]
+        cells = [mode, f"{r['seconds']:.1f}", f"{r['audio_per_s']:.2f}",
                  f"{r['ratio']:.2f}", _f(r.get("first_playable_s")),
                  _f(r.get("first_over_segment"), 2), _f(snr), _f(r.get("rss_1min_mb"), 0),
                  _f(r.get("rss_long_mb"), 0), _f(r.get("rss_growth_mb"), 0)]
         print("| " + " | ".join(cells) + " |")
     print("\nSNR: exact vs demucs; other modes vs exact (min over stems).")
+    if any(CPU_BUILD_NOTE in r.get("what", "") for r in report["rows"]):
+        print(f"(CPU build): {CPU_BUILD_NOTE}.")
 
 
 def _f(v: float | None, digits: int = 1) -> str:
