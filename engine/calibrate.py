@@ -135,7 +135,7 @@ class Calibration:
     measurements: tuple[Measurement, ...]
     seconds: float  # how long calibrating took
     created: str  # ISO 8601, UTC
-    path: Path | None = field(default=None, compare=False)
+    path: Path | None = field(default=None, compare=False)  # where it is stored, if it is
 
     def passing(self, quality: str) -> list[Measurement]:
         """The candidates that pass `quality`'s gate, fastest first (the reference always
@@ -457,10 +457,13 @@ def _journal_for(resolved: ResolvedModel) -> Callable[[Candidate | None], None]:
     path, key = _journal_path(resolved), environment_key(resolved)
 
     def note(candidate: Candidate | None) -> None:
-        if candidate is None:
-            path.unlink(missing_ok=True)
-        else:
-            write_text_atomic(path, json.dumps({"key": key, "candidate": candidate.key}))
+        try:  # best effort: a data folder that cannot be written must not stop the run
+            if candidate is None:
+                path.unlink(missing_ok=True)
+            else:
+                write_text_atomic(path, json.dumps({"key": key, "candidate": candidate.key}))
+        except OSError:
+            pass
     return note
 
 
@@ -488,10 +491,12 @@ def calibrate(bag: Any, resolved: ResolvedModel, candidates: Sequence[Candidate]
     key = {**environment_key(resolved), "candidates": [c.label for c in chosen]}
     result = Calibration(model=resolved.name, key=key, measurements=tuple(found),
                          seconds=time.monotonic() - t0,
-                         created=datetime.now(UTC).isoformat(timespec="seconds"),
-                         path=cache_path(resolved))
-    write_text_atomic(cache_path(resolved), json.dumps(result.to_json(), indent=1))
-    return result
+                         created=datetime.now(UTC).isoformat(timespec="seconds"))
+    try:
+        write_text_atomic(cache_path(resolved), json.dumps(result.to_json(), indent=1))
+    except OSError:  # still usable now; measured again next time (`path` None says so)
+        return result
+    return replace(result, path=cache_path(resolved))
 
 
 def calibration_for(bag: Any, resolved: ResolvedModel,

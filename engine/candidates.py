@@ -135,16 +135,26 @@ def _module(name: str) -> Any | None:
     return importlib.import_module(f"engine.{name}")
 
 
+def _torch_threads() -> int | None:
+    """Torch's thread budget (set by `-j` or by the app's worker), for the other CPU runtimes:
+    every candidate then gets the same cores (a fair race) and leaves the GUI its own."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None else None
+
+
 def _factory_build(module: str, factory: str, precision: str, pristine: bool = False,
                    **extra: str) -> BuildFn:
     """Build with `engine.<module>.<factory>(bag, resolved, precision=..., progress=...,
-    cancel=..., **extra)`. `pristine`: pass no bag, so that an export or conversion loads
-    the checkpoints afresh (the torch candidates swap some layers' forwards for faster
-    forms, which must not be traced)."""
+    cancel=..., **extra)`. `pristine` (the ONNX runtimes): pass no bag, so that an export
+    loads the checkpoints afresh (the torch candidates swap some layers' forwards for faster
+    forms, which must not be traced), and torch's thread count."""
     def build(bag: Any, resolved: ResolvedModel, progress: Any, cancel: Any) -> list[Backend]:
         make = getattr(importlib.import_module(f"engine.{module}"), factory)
+        kwargs: dict[str, Any] = dict(extra)
+        if pristine:
+            kwargs["threads"] = _torch_threads()
         return list(make(None if pristine else bag, resolved, precision=precision,
-                         progress=progress, cancel=cancel, **extra))
+                         progress=progress, cancel=cancel, **kwargs))
     return build
 
 

@@ -135,7 +135,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     calibration = calibrate(bag, resolved, include_all=args.all,
                             progress=progress_printer(args.name, first_use=False),
                             convert_progress=stage_printer())
-    _err(f"Calibrated in {calibration.seconds:.1f} s; stored in {calibration.path}.")
+    where = f"stored in {calibration.path}" if calibration.path is not None else \
+        "it could not be stored in the data folder (measured again next time)"
+    _err(f"Calibrated in {calibration.seconds:.1f} s; {where}.")
     if args.json:
         print(json.dumps(as_json(calibration, args.quality), indent=1))
         return 0

@@ -29,7 +29,7 @@ from engine.calibrate import (
     calibration_for,
     load_calibration,
 )
-from engine.candidates import Candidate
+from engine.candidates import Candidate, machine_candidates
 from engine.excerpt import excerpt
 from engine.fallback import Handover, fallback_backends
 from engine.job import JobEvent, SeparationJob
@@ -227,6 +227,22 @@ def test_a_candidate_that_crashed_the_process_is_skipped_until_asked_for(
     assert built == ["torch", "torch", "crashy"] and fresh.measurements[1].error is None
 
 
+def test_with_all_mlx_fp32_is_measured_and_exact_never_takes_bf16(
+        model: tuple[Any, ResolvedModel]) -> None:
+    """`--all`'s extra candidates here: MLX's CPU build (skipped by the automatic run)."""
+    every = {c.label: c for c in machine_candidates(include_all=True)}
+    mlx = [label for label in every if label.startswith("mlx ")]  # tests/run.sh: mlx[cpu]
+    assert all(not every[label].auto for label in mlx) and "mlx fp32 cpu" in mlx
+    assert not {c.label for c in machine_candidates()} & set(mlx)  # not in the automatic run
+    chosen = [every[label] for label in ("torch fp32 cpu", "torch bf16 cpu", "mlx fp32 cpu")]
+    result = calibrate(*model, chosen)
+    by = {m.label: m for m in result.measurements}
+    assert by["mlx fp32 cpu"].error is None
+    assert by["mlx fp32 cpu"].snr_db >= GATES["exact"]  # type: ignore[operator]
+    assert by["torch bf16 cpu"].snr_db < GATES["exact"]  # type: ignore[operator]
+    assert result.chosen("exact").label in ("torch fp32 cpu", "mlx fp32 cpu")
+
+
 # --- the hand-over ---------------------------------------------------------------------------
 
 
@@ -338,6 +354,19 @@ def test_calibration_is_cancelled_between_calls(model: tuple[Any, ResolvedModel]
     assert not cache_path(model[1]).with_suffix(".running").exists()
 
 
+def test_a_calibration_that_cannot_be_stored_is_still_used(model: tuple[Any, ResolvedModel],
+                                                            memo: Memo,
+                                                            monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    def disk_full(path: Path, text: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(calibrate_mod, "write_text_atomic", disk_full)
+    result = calibrate(*model, [reference(memo), fake_candidate("fast", memo)])
+    assert result.path is None and [m.error for m in result.measurements] == [None, None]
+    assert not cache_path(model[1]).exists()
+
+
 def test_calibration_json_round_trips() -> None:
     from engine.calibrate import Measurement
 
@@ -395,5 +424,8 @@ def test_backends_in_their_own_modules_join_when_present(
     assert mlx_bf16.build("bag", cast(Any, "resolved"), None, None) == ["backend"]
     openvino = machine_candidates()[2]
     openvino.build("bag", cast(Any, "resolved"), None, None)
+    import torch
+
     assert calls == [("bag", {"precision": "bf16", "progress": None, "cancel": None}),
-                     (None, {"precision": "fp32", "progress": None, "cancel": None})]
+                     (None, {"precision": "fp32", "progress": None, "cancel": None,
+                             "threads": torch.get_num_threads()})]
