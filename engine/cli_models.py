@@ -470,6 +470,21 @@ def _audio_lines() -> list[str]:
         f"{d['default_samplerate']:.0f} Hz)" for i, d in outputs]
 
 
+def _mlx_line() -> str:
+    """MLX: its version and device (the GPU on a Mac; the CPU build is a test vehicle)."""
+    from engine.mlx_backend import mlx_available
+
+    if not mlx_available():
+        return "MLX: not installed or not usable here (--backend mlx unavailable)"
+    import mlx.core as mx
+
+    from engine.mlx_cache import cache_root
+
+    cached = len(list(cache_root().glob("*.json")))
+    return (f"MLX: {getattr(mx, '__version__', '?')} on {mx.default_device()} "
+            f"({cached} converted models in {cache_root()})")
+
+
 def run_doctor(args: argparse.Namespace) -> int:
     from engine import __version__
     from engine.cli_calibrate import backend_lines, doctor_lines
@@ -482,7 +497,7 @@ def run_doctor(args: argparse.Namespace) -> int:
     lines = [f"Demixer {__version__}",
              f"Platform: {system} ({platform.machine()})",
              f"Python: {platform.python_version()} ({sys.executable})",
-             _torch_line(), *_coreml_lines(),
+             _torch_line(), *_coreml_lines(), _mlx_line(),
              *_runtime_lines(), *backend_lines(),
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
              *_audio_lines(), *doctor_lines()]

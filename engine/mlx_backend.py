@@ -11,16 +11,26 @@ The weights come from the cache (engine.mlx_cache): converted once from the same
 checkpoint the torch backend loads, then loaded with `mx.load`, without unpickling it.
 
 Precisions (`MLX_PRECISIONS`), measured against fp32 on the random-weight models of
-`make-test-model` (worst stem of one segment of a music-like signal, SNR):
-  fp32   everything float32: equals the torch core (relative error ~3e-7, >= 130 dB)
-  mixed  the attention products (q.k^T, softmax.v) in float16, all else float32: ~139 dB
-         tiny / see tests for the real architecture (float16 attention is MLX's fast kernel
-         on Metal; the softmax itself stays float32 inside it)
+`make-test-model`: worst stem of one chunk of a music-like signal (tests/engine/
+test_mlx_backend.py; tiny architecture with a 2 s segment, real one with a 1 s segment):
+  fp32   everything float32: equals the torch core (relative error <= 7.5e-7, real)
+  mixed  the attention products (q.k^T, softmax, times v) in float16, all else float32:
+         139.7 dB tiny, 128.6 dB real (MLX's fused attention; its softmax stays float32)
   fp16   everything float16 except the norms' statistics, the softmax and the outer
-         (de)normalisation: ~65 dB tiny. Trained weights may overflow float16 (CoreML's pure
-         FP16 did); the calibration's gate decides on the user's machine.
-bfloat16 (everything, 46 dB; attention only, 139 dB) was measured and not kept: less accurate
-than float16 with no range problem seen, and emulated on M1 GPUs.
+         (de)normalisation: 65.2 dB tiny, 59.5 dB real - under the 60 dB default gate, over
+         the 40 dB fast one. Trained weights may also overflow float16 (CoreML's pure FP16
+         did); the calibration's gate decides on the user's machine.
+Random weights keep the transformer's LayerScale at 1e-4, which hides most attention error:
+only a trained checkpoint shows what `mixed` really costs, so it is gated, never assumed.
+bfloat16 was measured and not kept (everything: 46.5 dB tiny; attention only: 139.3 dB, no
+better than float16): less precise than float16 with no range problem seen, and emulated on
+M1 GPUs. MLX's CPU build computes float16 slower than float32 (no native half arithmetic on
+x86), so the reduced precisions only pay on the GPU.
+
+`mx.compile` (the whole core, one shape) was measured on the CPU build and is off: the first
+call took 100 s (it compiles C++ kernels with the system compiler), the later ones were within
+the noise of the uncompiled core (tiny model, alternating processes: 6.0-8.2 s vs 6.4-7.9 s).
+On Metal it is unmeasured; `MLXBackend(..., compile=True)` is there to measure it.
 """
 
 from __future__ import annotations
@@ -111,7 +121,9 @@ class MLXBackend:
         mx.eval(self.net.parameters())
         self.device = mx.default_device()
         self._forward: Callable[..., Any] = mx.compile(self.net) if compile else self.net
-        self._lock = threading.Lock()  # NB: MLX graphs are built per thread; one call at a time
+        # NB: one prediction at a time; the separator calls from its job's thread, not the one
+        # that built the backend (MLX evaluates on the calling thread's default stream)
+        self._lock = threading.Lock()
         if precision != "fp32":
             self.name = f"mlx-{precision}"
 
@@ -178,6 +190,14 @@ def mlx_backends_for(bag: Any, resolved: ResolvedModel, *, precision: str = "fp3
         message = f"model {index + 1}/{count}: converting {resolved.name} for MLX"
         on_convert = functools.partial(_progress_event, progress, index, count, message)
         cached = ensure_core(sha, functools.partial(member, index), on_convert=on_convert)
-        backends.append(MLXBackend(cached.spec, cached.load(), precision=precision,
-                                   segment=resolved.segment))
+        backends.append(_backend_from(cached, precision, resolved.segment))
     return backends
+
+
+def _backend_from(cached: Any, precision: str, segment: float | None) -> MLXBackend:
+    try:
+        return MLXBackend(cached.spec, cached.load(), precision=precision, segment=segment)
+    except ValueError as exc:  # names or shapes of another version's network: never guess
+        reason = str(exc).splitlines()[0]
+        raise DemixerError(f"The MLX weights {cached.weights} do not fit this version of "
+                           f"Demixer ({reason}); delete the file and run again.") from exc

@@ -25,7 +25,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from engine.mlx_spec import ConvSpec, CoreSpec, DConvSpec, LayerSpec, NormSpec, TLayerSpec
+from engine.mlx_spec import (
+    ConvSpec,
+    CoreSpec,
+    DConvSpec,
+    LayerSpec,
+    NormSpec,
+    TLayerSpec,
+    TransformerSpec,
+)
 
 _BLOCK = 1024  # values per partial sum in `mean_over`
 
@@ -325,13 +333,15 @@ def sin_embedding_1d(length: int, dim: int, max_period: float) -> np.ndarray:
 class CrossTransformer(nn.Module):
     """demucs's CrossTransformerEncoder on x (B, F, T, C) and xt (B, T2, C)."""
 
-    def __init__(self, spec: Any, dtype: mx.Dtype) -> None:
+    def __init__(self, spec: TransformerSpec, dtype: mx.Dtype) -> None:
         super().__init__()
         self.spec = spec
         self.norm_in, self.norm_in_t = Norm(spec.norm_in), Norm(spec.norm_in_t)
         self.layers = [TransformerLayer(s, spec.dim, spec.heads, dtype) for s in spec.layers]
         self.layers_t = [TransformerLayer(s, spec.dim, spec.heads, dtype) for s in spec.layers]
-        self._pos: dict[tuple[int, ...], tuple[mx.array, mx.array]] = {}
+        # a plain attribute, not part of the module's parameter tree (nn.Module keeps dicts)
+        self._pos: dict[tuple[int, ...], tuple[mx.array, mx.array]]
+        object.__setattr__(self, "_pos", {})
 
     def _positions(self, Fr: int, T1: int, T2: int, C: int) -> tuple[mx.array, mx.array]:
         key = (Fr, T1, T2, C)

@@ -162,6 +162,12 @@ def test_doctor_reports_versions_backends_and_audio(monkeypatch: pytest.MonkeyPa
                "cpu, torch bf16 cpu" in out
         assert "Not available here: coreml (CoreML prediction needs macOS 13 or later)" in out
     assert "Audio output" in out
+    import mlx.core as mx
+
+    version = mx.__version__  # type: ignore[attr-defined]
+    assert f"MLX: {version} on {mx.default_device()} (0 converted" in out
+    monkeypatch.setattr("engine.mlx_backend.mlx_available", lambda: False)
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if PortAudio were missing
     assert main(["doctor"]) == 0
-    assert "Audio output: unavailable" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Audio output: unavailable" in out and "MLX: not installed or not usable" in out

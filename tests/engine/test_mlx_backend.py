@@ -9,6 +9,7 @@ override would set it) except the one end-to-end separation.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -87,16 +88,6 @@ def _short_real(real_repo: Path, seconds: int = 1) -> tuple[Any, ResolvedModel, 
     model.segment = Fraction(seconds)
     cached = mlx_cache.ensure_core(resolved.sha256[0], lambda: model)
     return model, resolved, cached
-
-
-@pytest.mark.slow
-def test_real_architecture_core_equals_torch_core(real_repo: Path) -> None:
-    model, _, cached = _short_real(real_repo)
-    backend = MLXBackend(cached.spec, cached.load(), segment=Fraction(1))
-    assert backend.shapes == HTDemucsCore(model).shapes
-    spec, wave = _inputs(backend, 1, seed=5)
-    errors = _relative_errors(backend.predict(spec, wave), _torch_core(model, spec, wave))
-    assert max(errors) <= 1e-4, errors
 
 
 def test_positional_embeddings_equal_demucs() -> None:
@@ -229,6 +220,22 @@ def test_a_damaged_cache_entry_is_rebuilt(tiny_repo: Path, monkeypatch: pytest.M
         np.testing.assert_array_equal(a, b)
 
 
+def test_weights_that_do_not_fit_the_network_are_one_sentence(tiny_repo: Path) -> None:
+    """A manifest whose architecture no longer matches its weights (edited, or written by
+    another version) is refused with the file's name, not a traceback."""
+    import json
+
+    resolved = resolve_model("htdemucs_6s", tiny_repo)
+    mlx_backends_for(None, resolved)
+    manifest = mlx_cache.cache_root() / f"{mlx_cache.entry_stem(resolved.sha256[0])}.json"
+    data = json.loads(manifest.read_text())
+    data["spec"]["bottom_channels"] = 16
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(DemixerError, match=r"The MLX weights .*safetensors do not fit") as err:
+        mlx_backends_for(None, resolved)
+    assert "\n" not in str(err.value)
+
+
 # --- reduced precisions ----------------------------------------------------------------------
 
 
@@ -260,14 +267,20 @@ def test_tiny_reduced_precisions(tiny_repo: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_architecture_reduced_precisions(real_repo: Path) -> None:
-    """Real htdemucs_6s architecture, 1 s segment, worst stem vs fp32, measured: mixed
-    MIXED_REAL dB, fp16 FP16_REAL dB."""
-    _, _, cached = _short_real(real_repo)
+def test_real_architecture_core_and_reduced_precisions(real_repo: Path) -> None:
+    """The real htdemucs_6s architecture (1 s segment, one chunk): fp32 equals the torch core
+    (relative error <= 1e-4 per output; measured 7.5e-7 on a full segment), and the reduced
+    precisions' worst stem vs fp32, measured: mixed 128.6 dB, fp16 59.5 dB."""
+    model, _, cached = _short_real(real_repo)
     backends = {p: MLXBackend(cached.spec, cached.load(), precision=p, segment=1)
                 for p in ("fp32", "mixed", "fp16")}
+    assert backends["fp32"].shapes == HTDemucsCore(model).shapes
+    spec, wave = _inputs(backends["fp32"], 1, seed=5)
+    errors = _relative_errors(backends["fp32"].predict(spec, wave),
+                              _torch_core(model, spec, wave))
+    assert max(errors) <= 1e-4, errors
     snrs = _precision_snrs(backends)
-    assert snrs["mixed"] >= 0 and snrs["fp16"] >= 0
+    assert snrs["mixed"] >= 120 and snrs["fp16"] >= 56
 
 
 def test_unknown_precision_is_refused(tiny_repo: Path) -> None:
@@ -353,23 +366,42 @@ def test_architecture_options_follow_the_model(options: dict[str, Any]) -> None:
     assert max(errors) <= 1e-4, errors
 
 
+def _best_of(backend: MLXBackend, spec: np.ndarray, wave: np.ndarray, rounds: int = 3) -> float:
+    backend.predict(spec, wave)  # warm-up: Metal kernels load, buffers are allocated
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        backend.predict(spec, wave)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
 @pytest.mark.macos
 def test_metal_real_architecture_equals_torch(real_repo: Path) -> None:
     """On an Apple Silicon Mac MLX runs on the GPU: >= 70 dB from torch fp32 on every stem of
-    a real-architecture segment; prints the time per segment (best of 3 after a warm-up)."""
+    a real-architecture segment, called from another thread as the separator does. Prints the
+    time per segment (best of 3 after a warm-up) of fp32, fp32 with mx.compile, mixed and
+    fp16, with their SNR against fp32: the figures the CPU build cannot give."""
     assert mx.default_device() == mx.gpu
     resolved = resolve_model("htdemucs_6s", real_repo)
     bag: Any = load_model(resolved)
     backend = mlx_backends_for(bag, resolved)[0]
     assert not backend.host_bound
     spec, wave = _inputs(backend, 1, seed=13)
-    got = backend.predict(spec, wave)
+    with ThreadPoolExecutor(1) as other:  # as the separator's job thread calls it
+        got = other.submit(backend.predict, spec, wave).result()
     want = _torch_core(bag.models[0], spec, wave)
     snr = _worst_stem_snr(_stems(backend, got), _stems(backend, want))
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        backend.predict(spec, wave)
-        times.append(time.perf_counter() - start)
-    print(f"MLX on Metal: {min(times):.3f} s per 7.8 s segment, worst stem {snr:.1f} dB")
+    print(f"\nMLX fp32 on Metal: worst stem {snr:.1f} dB from torch fp32")
+    cached = mlx_cache.ensure_core(resolved.sha256[0], lambda: bag.models[0])
+    variants = {"fp32": backend,
+                "fp32 compiled": MLXBackend(cached.spec, cached.load(), compile=True),
+                "mixed": MLXBackend(cached.spec, cached.load(), precision="mixed"),
+                "fp16": MLXBackend(cached.spec, cached.load(), precision="fp16")}
+    for label, variant in variants.items():
+        seconds = _best_of(variant, spec, wave)
+        quality = _worst_stem_snr(_stems(variant, variant.predict(spec, wave)),
+                                  _stems(backend, got))
+        print(f"MLX {label} on Metal: {seconds:.3f} s per 7.8 s segment, "
+              f"{quality:.1f} dB from fp32")
     assert snr >= 70
