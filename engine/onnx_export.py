@@ -262,7 +262,11 @@ def export_core(model: nn.Module, out: Path, *, name: str, checkpoint_sha256: st
     started = time.monotonic()
     check_cancel(cancel)
     emit(progress, "export", f"Exporting the network of {name} to ONNX (opset {opset})")
-    graph, shapes = export_bytes(model, batch, opset)
+    try:
+        graph, shapes = export_bytes(model, batch, opset)
+    except Exception as exc:  # torch's exporter: a missing onnx package, an unsupported op
+        raise DemixerError(f"Exporting the network of {name} to ONNX failed "
+                           f"({error_summary(exc)}).") from exc
     metadata = onnx_metadata(name, shapes, checkpoint_sha256, opset, batch)
     data = graph + metadata_bytes(metadata)
     if len(data) > PROTOBUF_LIMIT:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -197,3 +197,20 @@ def test_compare_reports_error_relative_error_and_snr() -> None:
     assert spec.relative == pytest.approx(0.01, rel=1e-3)
     assert spec.snr_db == pytest.approx(40.0, abs=0.01)
     assert time_.max_abs == 0 and time_.snr_db == math.inf
+
+
+def test_an_export_failure_is_one_sentence(tiny_repo: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """e.g. torch's exporter without the onnx package (checked in a clean venv: it needs it)."""
+    from torch.onnx import OnnxExporterError
+
+    def no_onnx(*args: object) -> NoReturn:
+        raise OnnxExporterError("Module onnx is not installed!")
+
+    monkeypatch.setattr("engine.onnx_export.export_bytes", no_onnx)
+    with pytest.raises(DemixerError) as err:
+        export_core(member(tiny_repo), tmp_path / "x.onnx", name="htdemucs_6s",
+                    checkpoint_sha256="0" * 64)
+    assert str(err.value) == ("Exporting the network of htdemucs_6s to ONNX failed (Module onnx "
+                              "is not installed!).")
+    assert not any(tmp_path.iterdir())
