@@ -54,6 +54,9 @@ MODES = {
     "fast": ("torch", "bf16", "PyTorch bf16 autocast"),
     "coreml-ane": ("coreml", "mixed", "CoreML mixed precision, compute units ALL"),
     "coreml-gpu": ("coreml", "mixed", "CoreML mixed precision, CPU_AND_GPU"),
+    "openvino": ("openvino", "fp32", "OpenVINO f32, the core exported to ONNX"),
+    "openvino-bf16": ("openvino", "bf16", "OpenVINO bf16 (INFERENCE_PRECISION_HINT)"),
+    "onnxruntime": ("onnxruntime", "fp32", "ONNX Runtime fp32, CPU provider"),
 }
 
 
@@ -177,8 +180,12 @@ def machine() -> dict:
 
 def available_modes(wanted: list[str]) -> list[str]:
     from engine.backends import coreml_supported
+    from engine.onnxruntime_backend import onnxruntime_available
+    from engine.openvino_backend import supported_precisions
 
-    return [m for m in wanted if MODES[m][0] != "coreml" or coreml_supported()]
+    usable = {"coreml": coreml_supported(), "onnxruntime": onnxruntime_available()}
+    return [m for m in wanted if usable.get(MODES[m][0], True)
+            and (MODES[m][0] != "openvino" or MODES[m][1] in supported_precisions())]
 
 
 def main() -> int:
@@ -209,6 +216,8 @@ def main() -> int:
     if args.core or args.whole_process:
         return run_process_benchmarks(args)
     work = Path(tempfile.mkdtemp(prefix="demixer-bench-"))
+    # the random-weight model's exports and conversions stay out of the user's data dir
+    os.environ.setdefault("DEMIXER_HOME", str(work / "home"))
     repo = work / "real"
     make_test_model(MODEL, repo, seed=0)
     song = _music(work / "song.wav", args.seconds)
