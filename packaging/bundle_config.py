@@ -99,6 +99,19 @@ def installed(names: tuple[str, ...] | list[str]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is not None]
 
 
+def openvino_libraries() -> list[tuple[str, str]]:
+    """(source, bundle folder) of the files in OpenVINO's `libs` folder that Demixer loads (its
+    library, the CPU plugin, the front ends, TBB; not `is_unneeded`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("openvino")
+    if spec is None or spec.origin is None:
+        return []
+    libs = Path(spec.origin).parent / "libs"
+    return [(str(f), "openvino/libs") for f in sorted(libs.iterdir())
+            if f.is_file() and not is_unneeded(f"openvino/libs/{f.name}")]
+
+
 def is_unneeded(dest: str) -> bool:
     """True for a bundled file (its path inside the bundle) that the app never loads."""
     parts = dest.replace("\\", "/").split("/")

@@ -422,3 +422,17 @@ def test_snr_is_infinite_for_equal_signals_and_finite_otherwise() -> None:
     x = np.sin(np.arange(1000.0))
     assert selftest.snr_db(x, x) == float("inf")
     assert abs(selftest.snr_db(x * 1.1, x) - 20.0) < 1e-9
+
+
+def test_openvino_libraries_include_the_onnx_front_end() -> None:
+    """collect_dynamic_libs missed the versioned front ends: the bundle could not read ONNX."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:  # macOS arm64: not a dependency there
+        assert cfg.openvino_libraries() == []
+        return
+    names = {Path(src).name.split(".")[0] for src, dest in cfg.openvino_libraries()}
+    assert {"libopenvino", "libopenvino_intel_cpu_plugin", "libopenvino_onnx_frontend",
+            "libtbb"} <= names
+    assert "libopenvino_intel_gpu_plugin" not in names and "cache" not in names
+    assert {dest for _, dest in cfg.openvino_libraries()} == {"openvino/libs"}

@@ -214,3 +214,37 @@ def test_an_export_failure_is_one_sentence(tiny_repo: Path, tmp_path: Path,
     assert str(err.value) == ("Exporting the network of htdemucs_6s to ONNX failed (Module onnx "
                               "is not installed!).")
     assert not any(tmp_path.iterdir())
+
+
+def test_an_export_in_another_process_is_waited_for(tiny_onnx_root: Path, tiny_repo: Path,
+                                                    tmp_path: Path) -> None:
+    """While another process holds an entry's lock, a start waits (saying so), then uses
+    what that process published: no second export, no checkpoint loaded."""
+    import shutil
+    import threading
+
+    from engine.onnx_cache import ensure_onnx, entry_lock
+
+    export = session_export(tiny_onnx_root, tiny_repo)
+    key = OnnxKey(**export.manifest["key"])
+    root = tmp_path / "onnx"
+    root.mkdir()
+    leftover = root / f".tmp-{key.entry_name}-1-dead"  # a killed export's temp dir
+    leftover.mkdir()
+    events: list[str] = []
+    found: list[CachedOnnx] = []
+
+    def load() -> NoReturn:
+        raise AssertionError("the waiting start loaded the checkpoint")
+
+    with entry_lock(root / f".{key.entry_name}.lock"):
+        waiter = threading.Thread(target=lambda: found.append(ensure_onnx(
+            key, load, root=root, progress=lambda e: events.append(e.message))))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and events == ["Waiting for another Demixer process "
+                                                "exporting htdemucs_6s"]
+        shutil.copytree(export.entry, root / key.entry_name)  # the other process publishes
+    waiter.join(30)
+    assert found and found[0].hit and found[0].path.read_bytes() == export.path.read_bytes()
+    assert leftover.exists()  # a hit touches nothing; the next export under the lock cleans it
