@@ -11,7 +11,8 @@
 ONNX Runtime fp32), each in its own fresh process, rounds interleaved, best call of the best
 round; SNR of each against torch fp32 on the same segment. `--whole-process`: what a user
 compares - the `demucs` command (`demucs -n htdemucs_6s --repo DIR --shifts 0 -o OUT song.wav`)
-against `demixer separate` with the same model, shifts and overlap, both writing 16-bit stems,
+against `demixer separate` with the same model, shifts and overlap, both writing 16-bit stems
+(`--float32`: float stems, for an SNR not bounded by 16-bit quantisation),
 each a fresh process, rounds interleaved, best round each: wall time, CPU time and peak RSS
 (from `os.wait4`), and each mode's SNR against demucs's stems. The export / compile of the
 exported runtimes happens once before the rounds (its time is shown as "first run").
@@ -196,6 +197,8 @@ def main() -> int:
     ap.add_argument("--whole-process", action="store_true",
                     help="the demucs command against demixer separate, as processes")
     ap.add_argument("--cli-modes", default=",".join(CLI_MODES))
+    ap.add_argument("--float32", action="store_true",
+                    help="--whole-process: both write float32 stems (16-bit by default)")
     ap.add_argument("--core-one", nargs=3, metavar=("RUNTIME", "REPO", "CALLS"),
                     help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0)
@@ -434,13 +437,14 @@ CLI_MODES = {
 }
 
 
-def _cli_args(mode: str, repo: Path, song: Path, out: Path) -> list[str]:
+def _cli_args(mode: str, repo: Path, song: Path, out: Path, float32: bool) -> list[str]:
+    depth = ["--float32"] if float32 else []
     if mode == "demucs":
         return [sys.executable, "-m", "demucs", "-n", MODEL, "--repo", str(repo), "--shifts",
-                "0", "--overlap", "0.25", "-o", str(out), str(song)]
+                "0", "--overlap", "0.25", "-o", str(out), *depth, str(song)]
     return [sys.executable, "-m", "engine.cli", "separate", str(song), "-n", MODEL, "--repo",
             str(repo), "--shifts", "0", "--overlap", "0.25", "-o", str(out), "--overwrite",
-            *CLI_MODES[mode]]
+            *depth, *CLI_MODES[mode]]
 
 
 def _stems(out: Path, song: Path) -> dict[str, np.ndarray]:
@@ -451,10 +455,11 @@ def _stems(out: Path, song: Path) -> dict[str, np.ndarray]:
 
 
 def whole_process_rows(repo: Path, song: Path, modes: list[str], rounds: int,
-                       env: dict[str, str], work: Path) -> list[dict]:
+                       env: dict[str, str], work: Path, float32: bool = False) -> list[dict]:
     first: dict[str, float] = {}
     for mode in modes:  # the first run of an exported runtime exports and compiles
-        first[mode] = _child(_cli_args(mode, repo, song, work / "warm"), env)["wall_s"]
+        first[mode] = _child(_cli_args(mode, repo, song, work / "warm", float32),
+                             env)["wall_s"]
         print(f"first run: {mode} {first[mode]:.1f} s", flush=True)
     best: dict[str, dict] = {}
     stems: dict[str, dict[str, np.ndarray]] = {}
@@ -462,7 +467,7 @@ def whole_process_rows(repo: Path, song: Path, modes: list[str], rounds: int,
         for mode in ["demucs", *modes]:
             out = work / f"out-{mode}"
             shutil.rmtree(out, ignore_errors=True)
-            r = _child(_cli_args(mode, repo, song, out), env)
+            r = _child(_cli_args(mode, repo, song, out, float32), env)
             stems[mode] = _stems(out, song)
             print(f"round {rnd + 1}: {mode} {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
                   f"{r['peak_rss_mb']:.0f} MB peak", flush=True)
@@ -495,8 +500,9 @@ def run_process_benchmarks(args: argparse.Namespace) -> int:
     if args.whole_process:
         song = _music(work / "song.wav", args.seconds)
         report["seconds"] = args.seconds
+        report["stems"] = "float32" if args.float32 else "int16"
         report["whole_process"] = whole_process_rows(repo, song, args.cli_modes.split(","),
-                                                     args.repeat, env, work)
+                                                     args.repeat, env, work, args.float32)
         print_whole_process_table(report)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
@@ -514,13 +520,17 @@ def print_core_table(rows: list[dict]) -> None:
 
 def print_whole_process_table(report: dict) -> None:
     print(f"\n{report['seconds']:.0f} s of audio, {report['model']} real architecture, shifts 0, "
-          f"overlap 0.25, 16-bit WAV stems; best of {report['rounds']} interleaved rounds\n")
+          f"overlap 0.25, {report['stems']} WAV stems; best of {report['rounds']} interleaved "
+          f"rounds\n")
     print("| command | wall s | x demucs | CPU s | peak RSS MB | first run s | SNR vs demucs |")
     print("|---|---|---|---|---|---|---|")
     for r in report["whole_process"]:
         print(f"| {r['mode']} | {r['wall_s']:.1f} | {r['ratio']:.2f} | {r['cpu_s']:.1f} | "
               f"{r['peak_rss_mb']:.0f} | {_f(r.get('first_run_s'))} | "
               f"{_f(r.get('snr_vs_demucs_min'))} |")
+    if report["stems"] == "int16":
+        print("\nSNR of 16-bit stems is bounded by the quantisation: demucs writes x * 32767 "
+              "truncated, demixer x * 32768 rounded; --float32 compares the audio itself.")
 
 
 if __name__ == "__main__":
