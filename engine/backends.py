@@ -186,9 +186,11 @@ def check_exported_precision(kind: str, precision: str | None) -> str:
         from engine.openvino_backend import check_precision
 
         return check_precision(precision)
+    if precision == "bf16":
+        raise DemixerError("ONNX Runtime runs fp32 only, not bf16; use --backend openvino "
+                           "--precision bf16 for a faster mode.")
     if precision != "fp32":
-        raise DemixerError(f"ONNX Runtime runs fp32 only, not {precision}; use "
-                           f"--backend openvino --precision {precision} for a faster mode.")
+        raise DemixerError(f"ONNX Runtime runs fp32 only, not {precision}.")
     return precision
 
 

@@ -100,7 +100,9 @@ def run_separate(args: argparse.Namespace) -> int:
     except DemixerError as err:
         print(f"demixer: {err}", file=sys.stderr)
         return 2
-    if args.jobs > 0 and args.backend not in ("openvino", "onnxruntime", "onnxruntime-coreml"):
+    from engine.backends import EXPORTED_KINDS
+
+    if args.jobs > 0 and args.backend not in EXPORTED_KINDS:
         import torch  # the exported runtimes get the count instead (build_separator)
 
         torch.set_num_threads(args.jobs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -197,3 +197,54 @@ def test_compare_reports_error_relative_error_and_snr() -> None:
     assert spec.relative == pytest.approx(0.01, rel=1e-3)
     assert spec.snr_db == pytest.approx(40.0, abs=0.01)
     assert time_.max_abs == 0 and time_.snr_db == math.inf
+
+
+def test_an_export_failure_is_one_sentence(tiny_repo: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """e.g. torch's exporter without the onnx package (checked in a clean venv: it needs it)."""
+    from torch.onnx import OnnxExporterError
+
+    def no_onnx(*args: object) -> NoReturn:
+        raise OnnxExporterError("Module onnx is not installed!")
+
+    monkeypatch.setattr("engine.onnx_export.export_bytes", no_onnx)
+    with pytest.raises(DemixerError) as err:
+        export_core(member(tiny_repo), tmp_path / "x.onnx", name="htdemucs_6s",
+                    checkpoint_sha256="0" * 64)
+    assert str(err.value) == ("Exporting the network of htdemucs_6s to ONNX failed (Module onnx "
+                              "is not installed!).")
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_export_in_another_process_is_waited_for(tiny_onnx_root: Path, tiny_repo: Path,
+                                                    tmp_path: Path) -> None:
+    """While another process holds an entry's lock, a start waits (saying so), then uses
+    what that process published: no second export, no checkpoint loaded."""
+    import shutil
+    import threading
+
+    from engine.onnx_cache import ensure_onnx, entry_lock
+
+    export = session_export(tiny_onnx_root, tiny_repo)
+    key = OnnxKey(**export.manifest["key"])
+    root = tmp_path / "onnx"
+    root.mkdir()
+    leftover = root / f".tmp-{key.entry_name}-1-dead"  # a killed export's temp dir
+    leftover.mkdir()
+    events: list[str] = []
+    found: list[CachedOnnx] = []
+
+    def load() -> NoReturn:
+        raise AssertionError("the waiting start loaded the checkpoint")
+
+    with entry_lock(root / f".{key.entry_name}.lock"):
+        waiter = threading.Thread(target=lambda: found.append(ensure_onnx(
+            key, load, root=root, progress=lambda e: events.append(e.message))))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and events == ["Waiting for another Demixer process "
+                                                "exporting htdemucs_6s"]
+        shutil.copytree(export.entry, root / key.entry_name)  # the other process publishes
+    waiter.join(30)
+    assert found and found[0].hit and found[0].path.read_bytes() == export.path.read_bytes()
+    assert leftover.exists()  # a hit touches nothing; the next export under the lock cleans it

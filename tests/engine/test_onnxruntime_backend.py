@@ -36,6 +36,7 @@ def test_a_cached_export_loads_no_checkpoint(tiny_repo: Path, tiny_onnx_root: Pa
     options = backend._session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert not options.enable_mem_pattern and options.enable_cpu_mem_arena
     assert backend._session.get_providers() == ["CPUExecutionProvider"]
 
 

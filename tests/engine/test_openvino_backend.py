@@ -129,8 +129,11 @@ def test_a_damaged_export_is_exported_again(tiny_repo: Path, tiny_onnx_root: Pat
     with open(export.path, "r+b") as f:
         f.seek(len(good) // 2)
         f.write(b"\x00" * 64)
+    leftover = root / f".tmp-{export.entry.name}-1-dead"  # a killed export's temp dir
+    leftover.mkdir()
     [again] = ensure_model_onnx(resolved, root=root)
     assert not again.hit and again.path.read_bytes() == good  # the export is deterministic
+    assert not leftover.exists() and not list(root.glob(".trash-*"))
     with open(again.path, "r+b") as f:
         f.truncate(len(good) - 1)
     [third] = openvino_backends_for(None, resolved)
