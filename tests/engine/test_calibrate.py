@@ -145,7 +145,10 @@ def test_wrong_slow_raising_nan_and_misshapen_candidates_lose_for_their_reason(
         s, t = memo(spec, wave)
         return s[:, :4], t[:, :4]
 
-    real = memo.real.predict  # the reference computes every call: slower than the memo
+    def real(spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        time.sleep(0.5)  # the reference computes (and waits): "fast" wins at any machine load
+        return memo.real.predict(spec, wave)
+
     candidates = [fake_candidate("torch", real, precision="fp32"), fake_candidate("fast", memo),
                   fake_candidate("wrong", noisy(memo, 30.0)),
                   fake_candidate("fifty", noisy(memo, 55.0)),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,8 @@ def test_calibrate_json_exact_never_bf16_then_separate_and_doctor_use_the_cache(
     assert table["choices"]["exact"] == label and label != "torch bf16 cpu"
     assert all(r["seconds"] >= chosen["seconds"] for r in rows.values() if r["passed"])
     assert set(rows) == {c.label for c in machine_candidates()}  # all of this machine's
-    for label, row in rows.items():
-        assert row["seconds"] is not None or not row["passed"], label
+    for name, row in rows.items():
+        assert row["seconds"] is not None or not row["passed"], name
     assert "Calibrating htdemucs_6s on this machine" in err
     assert re.search(r"torch bf16 cpu: [\d.]+ s per chunk, worst stem [\d.]+ dB", err), err
     assert re.search(r"Calibrated in [\d.]+ s; stored in .*calibration", err), err
@@ -77,12 +78,17 @@ def test_calibrate_json_exact_never_bf16_then_separate_and_doctor_use_the_cache(
 
 
 def _fakes(memo: Memo, flaky_from_build: int = 0) -> list[Candidate]:
-    """A real reference, and a memoised fast candidate that (from its `flaky_from_build`-th
-    build on, if given) raises on its second call."""
+    """A real reference (slowed down), and a memoised fast candidate that (from its
+    `flaky_from_build`-th build on, if given) raises on its second call."""
     builds = [0]
 
     def reference(bag: Any, resolved: Any, progress: Any, cancel: Any) -> list[Backend]:
-        return [TorchBackend(bag.models[0])]
+        real = TorchBackend(bag.models[0])
+
+        def slowed(spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            time.sleep(0.5)  # so that the memoised candidate wins whatever the machine's load
+            return real.predict(spec, wave)
+        return [Fake(real.shapes, slowed)]
 
     def fast(bag: Any, resolved: Any, progress: Any, cancel: Any) -> list[Backend]:
         builds[0] += 1
