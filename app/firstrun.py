@@ -1,5 +1,7 @@
-"""The first-run dialog: a model's download, verification and loading, with cancel, and a
-plain sentence and a way forward (retry, or the folder to put the checkpoint in) on failure."""
+"""The first-run dialog: a model's download, verification, conversion (CoreML) and
+calibration (`--backend auto`: which backend is fastest and still correct on this computer,
+measured once in the worker), with progress and cancel, and a plain sentence and a way
+forward (retry, or the folder to put the checkpoint in) on failure."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from engine.errors import DemixerError
 from engine.store import checkpoints_dir
 
 if TYPE_CHECKING:
+    from engine.calibrate import CalibrationProgress
     from engine.convert import ConvertProgress
 
 PENDING, ACTIVE, DONE = "○", "◉", "✓"
@@ -36,17 +39,21 @@ class ModelDialog(QDialog):
     declined = Signal(object, str)  # ModelKey, why
 
     def __init__(self, key: ModelKey, loader: SeparationService,
-                 parent: QWidget | None = None, converting: bool = False) -> None:
-        """`converting`: opened because a conversion started (the checkpoint is there)."""
+                 parent: QWidget | None = None, converting: bool = False,
+                 calibrating: bool = False) -> None:
+        """`converting` / `calibrating`: opened because a conversion or a calibration started
+        (the checkpoint is there)."""
         super().__init__(parent)
-        self.converting = converting
+        self.converting, self.calibrating = converting, calibrating
         self.key, self.loader = key, loader
         self.entry = get_entry(key.name)
-        self.setWindowTitle("Preparing a model" if converting else "Downloading a model")
+        self.setWindowTitle("Preparing a model" if converting or calibrating
+                            else "Downloading a model")
         self.setMinimumWidth(520)
         self.stage_labels: dict[str, QLabel] = {}
         self._declined = False
         self._why = "it was not downloaded"
+        self.calibrated: list[str] = []  # one line per candidate measured
         self.bar = QProgressBar()
         self.bar.setRange(0, 1000)
         self.detail = QLabel()
@@ -64,6 +71,7 @@ class ModelDialog(QDialog):
         self._build()
         loader.progress.connect(self._on_progress)
         loader.converting.connect(self.show_conversion)
+        loader.calibrating.connect(self.show_calibration)
         loader.loaded.connect(self._on_loaded)
         loader.failed.connect(self._on_failed)
         loader.cancelled.connect(self._on_cancelled)
@@ -74,17 +82,22 @@ class ModelDialog(QDialog):
         what = f"{files} checkpoints" if files > 1 else "the checkpoint"
         mb = f" ({size / 1e6:.0f} MB)" if size else ""
         stages = [("download", f"Download {what}{mb}"), ("load", "Verify SHA-256 and load")]
+        auto = self.key.backend == "auto"
         try:
-            coreml = resolve_backend_kind(self.key.backend) == "coreml"
+            coreml = resolve_backend_kind(self.key.backend) == "coreml" and not auto
         except DemixerError:
             coreml = False
-        if coreml or self.converting:
+        if coreml or (self.converting and not auto):
             stages.append(("convert", "Convert for the Neural Engine (first time only)"))
+        if auto:
+            stages.append(("calibrate", "Find the fastest correct way to run it on this "
+                                        "computer (first time only)"))
         return stages
 
     def _build(self) -> None:
-        what = ("is being prepared for the Neural Engine; this happens once" if self.converting
-                else "is needed to separate songs. It is downloaded once and kept in this "
+        what = ("is being prepared to run on this computer; this happens once"
+                if self.converting or self.calibrating else
+                "is needed to separate songs. It is downloaded once and kept in this "
                 f"folder:<br><code>{checkpoints_dir()}</code>")
         intro = QLabel(f"<b>{self.entry.title}</b> {what}.")
         intro.setWordWrap(True)
@@ -134,11 +147,13 @@ class ModelDialog(QDialog):
         self.loader.load(self.key)
 
     def follow(self) -> None:
-        """Show a load already under way (a conversion the worker started by itself)."""
+        """Show a load already under way (a conversion or calibration the worker started by
+        itself)."""
         self.error.hide()
         self.retry.hide()
         self.detail.setText("")
-        self._mark("convert")
+        self._mark("calibrate" if "calibrate" in self.stage_labels and (
+            self.calibrating or "convert" not in self.stage_labels) else "convert")
 
     def _on_progress(self, key: ModelKey, p: DownloadProgress) -> None:
         if key != self.key:
@@ -154,12 +169,31 @@ class ModelDialog(QDialog):
             self.detail.setText(f"{p.file}: {p.done / 1e6:.1f} MB")
 
     def show_conversion(self, key: ModelKey, p: ConvertProgress) -> None:
-        if key != self.key or "convert" not in self.stage_labels:
+        """A conversion's progress: its own stage, or (with `auto`, where the calibration
+        converts each CoreML candidate it measures) part of the calibration stage."""
+        if key != self.key:
             return
-        self._mark("convert")
+        if "convert" in self.stage_labels:
+            self._mark("convert")
+            self.detail.setText(p.message)
+        elif "calibrate" in self.stage_labels:
+            self._mark("calibrate")
+            self.detail.setText(f"Converting for the Neural Engine: {p.message}")
+        else:
+            return
         self.bar.setRange(0, 1000)
         self.bar.setValue(int(1000 * p.fraction))
-        self.detail.setText(p.message)
+
+    def show_calibration(self, key: ModelKey, p: CalibrationProgress) -> None:
+        """Each backend runs one fixed chunk and is checked against the reference."""
+        if key != self.key or "calibrate" not in self.stage_labels:
+            return
+        self._mark("calibrate")
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(int(1000 * p.fraction))
+        if p.measurement is not None:
+            self.calibrated.append(f"{p.candidate}: {p.message}")
+        self.detail.setText(f"Measuring {p.candidate}: {p.message}")
 
     def _on_loaded(self, key: ModelKey) -> None:
         if key == self.key:
@@ -181,7 +215,7 @@ class ModelDialog(QDialog):
 
     def _on_cancelled(self, key: ModelKey) -> None:
         if key == self.key:
-            self._why = "its download was cancelled"
+            self._why = "its preparation was cancelled"
             self.reject()
 
     def _show_folder(self) -> None:
@@ -193,8 +227,9 @@ class ModelDialog(QDialog):
         self.reject()
 
     def reject(self) -> None:
-        """Cancel, Escape or the close box: stop a running download first (its `cancelled`
-        signal comes back here), then tell the queue the model is not there."""
+        """Cancel, Escape or the close box: stop a running download, conversion or
+        calibration first (its `cancelled` signal comes back here), then tell the queue the
+        model is not there."""
         if self.loader.busy == self.key:
             self.loader.cancel()
             return

@@ -55,6 +55,7 @@ from engine.catalogue import get_entry
 from engine.decode import find_audio_files
 
 if TYPE_CHECKING:
+    from engine.calibrate import CalibrationProgress
     from engine.convert import ConvertProgress
     from engine.writers import OutputFormat
 
@@ -265,6 +266,9 @@ class MainWindow(QMainWindow):
         q.removed.connect(self._on_item_removed)
         q.modelNeeded.connect(self.show_model_dialog)
         self.service.converting.connect(self._on_converting)
+        self.service.calibrating.connect(self._on_calibrating)
+        q.notice.connect(lambda item, text: self.statusBar().showMessage(
+            f"{item.path.name}: {text}", 15000))
         self.queue_view.showRequested.connect(self.show_item)
         lib = self.library_view
         lib.openRequested.connect(self.show_entry)
@@ -288,7 +292,7 @@ class MainWindow(QMainWindow):
     def model_key(self) -> ModelKey:
         s = self.settings
         return ModelKey(self.model_box.currentData() or s.model, s.backend, s.compute_units,
-                        max(1, s.shifts), s.segment)
+                        max(1, s.shifts), s.segment, s.quality)
 
     def open_paths(self, paths: list[str] | list[Path]) -> list[QueueItem]:
         """Queue files and folders, as a drop does. A song already in the library (the same
@@ -686,18 +690,20 @@ class MainWindow(QMainWindow):
         self.library.delete(entry)
         self.refresh_library()
 
-    def show_model_dialog(self, key: ModelKey, converting: bool = False) -> ModelDialog | None:
-        """The first-run dialog: downloads `key` (or, `converting`, follows a conversion
-        that has started)."""
+    def show_model_dialog(self, key: ModelKey, converting: bool = False,
+                          calibrating: bool = False) -> ModelDialog | None:
+        """The first-run dialog: downloads `key` (or, `converting` / `calibrating`, follows
+        a conversion or a calibration that has started)."""
         if self.model_dialog is not None:
             return None
-        dialog = ModelDialog(key, self.service, self, converting=converting)
+        dialog = ModelDialog(key, self.service, self, converting=converting,
+                             calibrating=calibrating)
         dialog.declined.connect(self.queue.model_declined)
         dialog.finished.connect(lambda _: setattr(self, "model_dialog", None))
         self.model_dialog = dialog
         self.queue.dialog_opened(key)
         dialog.open()
-        if converting:
+        if converting or calibrating:
             dialog.follow()
         else:
             dialog.start()
@@ -710,8 +716,17 @@ class MainWindow(QMainWindow):
             if dialog is not None:
                 dialog.show_conversion(key, progress)
 
+    def _on_calibrating(self, key: ModelKey, progress: CalibrationProgress) -> None:
+        """A first-run calibration started without the dialog: show it (one asked for in
+        Preferences shows its progress there)."""
+        if self.model_dialog is None and self.service.recalibrating is None:
+            dialog = self.show_model_dialog(key, calibrating=True)
+            if dialog is not None:
+                dialog.show_calibration(key, progress)
+
     def preferences(self) -> None:
-        dialog = PreferencesDialog(self.settings, self)
+        dialog = PreferencesDialog(self.settings, self, service=self.service,
+                                   model_key=self.model_key())
         if dialog.exec() == PreferencesDialog.DialogCode.Accepted and self.output.is_open:
             self.output.close()  # reopened with the chosen device on the next play
             self.mixer.pause()

@@ -24,6 +24,7 @@ class ModelKey:
     compute_units: str = "all"
     shifts: int = 1
     segment: float | None = None
+    quality: str = "default"  # the calibration gate `backend="auto"` runs at
 
     def options(self) -> SeparationOptions:
         return SeparationOptions(shifts=self.shifts, segment=self.segment)
@@ -40,14 +41,17 @@ def needs_setup(name: str) -> bool:
 
 
 def build(key: ModelKey, progress: Any = None, cancel: Any = None,
-          convert_progress: Any = None) -> Separator:
+          convert_progress: Any = None, calibrate_progress: Any = None) -> Separator:
     """The engine's separator for `key` (in the worker process): download progress goes to
-    `progress`, the first CoreML run's conversion stages to `convert_progress`."""
+    `progress`, the first CoreML run's conversion stages to `convert_progress`, and the
+    first run's calibration (`backend="auto"`) to `calibrate_progress`."""
     from engine.pipeline import build_separator
 
+    units = key.compute_units if key.backend == "coreml" else None  # auto: calibrated
     return build_separator(key.name, backend=key.backend, options=key.options(),
-                           progress=progress, cancel=cancel, compute_units=key.compute_units,
-                           convert_progress=convert_progress)
+                           progress=progress, cancel=cancel, compute_units=units,
+                           convert_progress=convert_progress, quality=key.quality,
+                           calibrate_progress=calibrate_progress)
 
 
 class LiveProgress:
@@ -62,6 +66,10 @@ class SeparationService(QObject):
     # model loading (the first-run dialog and the queue)
     progress = Signal(object, object)  # ModelKey, engine.download.DownloadProgress
     converting = Signal(object, object)  # ModelKey, engine.convert.ConvertProgress
+    calibrating = Signal(object, object)  # ModelKey, engine.calibrate.CalibrationProgress
+    # a calibration asked for (Preferences' "Calibrate Again")
+    calibrated = Signal(object, object)  # ModelKey, engine.calibrate.Calibration
+    calibrationFailed = Signal(object, str)  # ModelKey, one sentence ("" if cancelled)
     loaded = Signal(object)  # ModelKey
     failed = Signal(object, str)  # ModelKey, one sentence
     cancelled = Signal(object)  # ModelKey
@@ -76,6 +84,7 @@ class SeparationService(QObject):
         self.client = WorkerClient(self._from_reader)
         self._loaded: ModelKey | None = None  # what the worker holds in memory
         self._busy: ModelKey | None = None
+        self.recalibrating: ModelKey | None = None  # a calibration asked for, running
         self._live: dict[int, LiveProgress] = {}
         self._lock = threading.Lock()  # guards _live between the GUI and the reader thread
         self._message.connect(self._dispatch)
@@ -98,8 +107,17 @@ class SeparationService(QObject):
         self.client.send(("prepare", key))
 
     def cancel(self) -> None:
-        """Cancel a model download in progress."""
+        """Cancel a model download, conversion or calibration in progress."""
         self.client.cancel_model.set()
+
+    def recalibrate(self, key: ModelKey) -> None:
+        """Calibrate `key`'s model afresh in the worker (never here: it is heavy); the
+        `calibrating` signals report it, then `calibrated` or `calibrationFailed`."""
+        if self.recalibrating is not None:
+            return
+        self.recalibrating = key
+        self._loaded = None  # the worker drops its separator: the next job uses the result
+        self.client.send(("calibrate", key))
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -146,14 +164,23 @@ class SeparationService(QObject):
             self.jobEvent.emit(message[1], message[2])
         elif kind == "died":
             self._loaded = self._busy = None
+            if self.recalibrating is not None:
+                self.calibrationFailed.emit(self.recalibrating, "The separation process "
+                                            "stopped unexpectedly; try again.")
+                self.recalibrating = None
             self.died.emit(message[1])
 
     def _model_message(self, kind: str, key: ModelKey, payload: Any) -> None:
-        if kind == "progress":
-            self.progress.emit(key, payload)
+        if kind in ("progress", "convert", "calibrate"):
+            {"progress": self.progress, "convert": self.converting,
+             "calibrate": self.calibrating}[kind].emit(key, payload)
             return
-        if kind == "convert":
-            self.converting.emit(key, payload)
+        if kind in ("calibrated", "calibration-failed"):
+            self.recalibrating = None
+            if kind == "calibrated":
+                self.calibrated.emit(key, payload)
+            else:
+                self.calibrationFailed.emit(key, str(payload or ""))
             return
         if self._busy == key:
             self._busy = None

@@ -1,8 +1,10 @@
-"""Preferences (⌘,): quality, backend, compute units, output folder and format, audio device."""
+"""Preferences (⌘,): passes, quality, backend (with the calibration table and a button to
+measure again), compute units, output folder and format, audio device."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -21,12 +23,19 @@ from PySide6.QtWidgets import (
 )
 
 from app.audio_output import output_devices
+from app.calibration import CalibrationPanel
 from app.settings import Settings
 from engine.backends import coreml_supported
 from engine.writers import MP3_BITRATES
 
-BACKEND_TITLES = {"auto": "Automatic (Neural Engine on macOS)", "coreml": "Core ML",
-                  "torch": "PyTorch (CPU)"}
+if TYPE_CHECKING:
+    from app.models import ModelKey, SeparationService
+
+BACKEND_TITLES = {"auto": "Automatic (the fastest that passes the quality here)",
+                  "coreml": "Core ML", "torch": "PyTorch (CPU)"}
+QUALITY_TITLES = {"default": "Default (within 60 dB of the reference)",
+                  "exact": "Exact (within 70 dB: as demucs)",
+                  "fast": "Fast (within 40 dB)"}
 UNIT_TITLES = {"all": "Neural Engine, GPU and CPU", "cpu_and_gpu": "GPU and CPU",
                "cpu_only": "CPU only"}
 CONTAINER_TITLES = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
@@ -56,10 +65,25 @@ def update_depths(container: QComboBox, depth: QComboBox, bitrate: QWidget | Non
 
 
 class PreferencesDialog(QDialog):
-    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+    def __init__(self, settings: Settings, parent: QWidget | None = None, *,
+                 service: SeparationService | None = None,
+                 model_key: ModelKey | None = None) -> None:
+        """`service` runs a calibration asked for here (in the worker); `model_key` is the
+        model whose calibration is shown (the settings' model if None)."""
         super().__init__(parent)
         self.settings = settings
         self.setWindowTitle("Preferences")
+        self.quality = combo(QUALITY_TITLES, settings.quality)
+        self.quality.setToolTip("How close to the reference (PyTorch fp32, equal to demucs) "
+                                "the stems must be; Automatic picks the fastest backend "
+                                "that is, as measured on this computer.")
+        if model_key is None:
+            from app.models import ModelKey
+
+            model_key = ModelKey(settings.model, quality=settings.quality)
+        self.calibration = CalibrationPanel(model_key, service)
+        self.quality.currentIndexChanged.connect(
+            lambda: self.calibration.show_quality(self.quality.currentData()))
         self.shifts = QSpinBox()
         self.shifts.setRange(1, 10)
         self.shifts.setValue(max(1, settings.shifts))
@@ -97,10 +121,12 @@ class PreferencesDialog(QDialog):
     def _build(self, choose: QPushButton) -> None:
         form = QFormLayout()
         form.addRow(QLabel("<b>Separation</b>"))
-        form.addRow("Quality:", self.shifts)
+        form.addRow("Passes:", self.shifts)
+        form.addRow("Quality:", self.quality)
         form.addRow("Backend:", self.backend)
         form.addRow("Compute units:", self.units)
         form.addRow("", self.resume)
+        form.addRow(self.calibration)
         form.addRow(QLabel("<b>Export</b>"))
         folder = QHBoxLayout()
         folder.addWidget(self.folder, 1)
@@ -127,6 +153,7 @@ class PreferencesDialog(QDialog):
     def accept(self) -> None:
         s = self.settings
         s.shifts = self.shifts.value()
+        s.quality = self.quality.currentData()
         s.backend = self.backend.currentData()
         s.compute_units = self.units.currentData()
         s.resume_automatically = self.resume.isChecked()

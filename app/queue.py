@@ -94,6 +94,7 @@ class SeparationQueue(QObject):
     trackStarted = Signal(object)  # stems exist and grow: the item can be shown
     finished = Signal(object)  # done (its library entry is complete)
     modelNeeded = Signal(object)  # ModelKey to download first (the first-run dialog)
+    notice = Signal(object, str)  # QueueItem, a sentence to show once (a backend handed over)
 
     def __init__(self, library: Library, service: SeparationService,
                  parent: QObject | None = None) -> None:
@@ -109,7 +110,8 @@ class SeparationQueue(QObject):
         service.loaded.connect(self._on_model_loaded)
         service.failed.connect(self._on_loader_failed)
         service.cancelled.connect(lambda key: self._on_loader_failed(
-            key, f"Model {key.name} is not ready: its download or conversion was cancelled."))
+            key, f"Model {key.name} is not ready: its download, conversion or calibration was "
+                 f"cancelled."))
 
     # --- the GUI's actions -----------------------------------------------------------------
 
@@ -309,6 +311,8 @@ class SeparationQueue(QObject):
         elif event.kind == "resumed":
             item.fraction = item.resumed_at = event.fraction
             self.changed.emit(item)
+        elif event.kind == "notice":
+            self.notice.emit(item, event.message)
         elif event.kind == "done":
             self._complete(item)
         elif event.kind == "failed":

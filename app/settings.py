@@ -14,6 +14,7 @@ from engine.writers import OutputFormat
 
 MODELS = ("htdemucs_6s", "htdemucs", "htdemucs_ft")
 BACKENDS = ("auto", "torch", "coreml")
+QUALITIES = ("default", "exact", "fast")  # engine.calibrate's gates
 COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only")
 CONTAINERS = ("wav", "flac", "mp3")
 SAMPLE_FORMATS = ("int16", "int24", "float32")
@@ -70,6 +71,15 @@ class Settings:
     @backend.setter
     def backend(self, value: str) -> None:
         self.store.setValue("separation/backend", value)
+
+    @property
+    def quality(self) -> str:
+        """The gate the calibrated backend must pass (engine.calibrate): default, exact, fast."""
+        return self._choice("separation/quality", QUALITIES, "default")
+
+    @quality.setter
+    def quality(self, value: str) -> None:
+        self.store.setValue("separation/quality", value)
 
     @property
     def compute_units(self) -> str:

@@ -12,11 +12,15 @@ new ready mark; the GUI process reads only below that mark, with its own file de
 Protocol over one duplex `multiprocessing` pipe (messages are tuples of picklable values):
   parent -> child: ("prepare", key)
                    | ("separate", job_id, path, key, stems_dir, mix_dir, resume)
-                   | ("cancel", job_id) | ("quit",)   (both keep the finished chunks)
-  child -> parent: ("model", kind, key, payload)   progress|convert|loaded|failed|cancelled
+                   | ("calibrate", key) | ("cancel", job_id) | ("quit",)  (both keep the
+                                                                            finished chunks)
+  child -> parent: ("model", kind, key, payload)   progress|convert|calibrate|loaded|failed|
+                                                   cancelled|calibrated|calibration-failed
                    ("track", job_id, info)         stems exist: frames, rates, sources
                    ("event", job_id, JobEvent)     the job's events, as engine.job sends them
-A model download is cancelled through a shared Event (the child is busy inside it then).
+A model download, conversion or calibration is cancelled through a shared Event (the child is
+busy inside it then). Calibration (`engine.calibrate`) runs here, never in the GUI process:
+it runs the network a dozen times and more.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ class _Child:
                 self.prepare(message[1])
             elif message[0] == "separate":
                 self.separate(*message[1:])
+            elif message[0] == "calibrate":
+                self.calibrate(message[1])
             elif message[0] == "quit":
                 self.quitting = True
 
@@ -84,13 +90,36 @@ class _Child:
             if report:
                 self.send(("model", "progress", key, p))
 
-        def converting(p: Any) -> None:  # CoreML's first run: always worth showing
-            self.send(("model", "convert", key, p))
-
         self.cancel_model.clear()
-        separator = build(key, progress, _EventAdapter(self.cancel_model), converting)
+        separator = build(key, progress, _EventAdapter(self.cancel_model),
+                          self._reporter("convert", key), self._reporter("calibrate", key))
         self.cached = (key, separator)
         return separator
+
+    def _reporter(self, kind: str, key: Any) -> Callable[[Any], None]:
+        """Progress of a first run's conversion or calibration: always worth showing."""
+        return lambda p: self.send(("model", kind, key, p))
+
+    def calibrate(self, key: Any) -> None:
+        """Calibrate `key`'s model afresh (Preferences asked); the next job uses the result."""
+        from engine.calibrate import calibrate
+        from engine.errors import Cancelled, DemixerError
+        from engine.store import load_model, resolve_model
+
+        self.cancel_model.clear()
+        cancel = _EventAdapter(self.cancel_model)
+        try:
+            resolved = resolve_model(key.name, cancel=cancel)  # type: ignore[arg-type]
+            result = calibrate(load_model(resolved), resolved, cancel=cancel,  # type: ignore[arg-type]
+                               progress=self._reporter("calibrate", key),
+                               convert_progress=self._reporter("convert", key))
+        except Cancelled:
+            self.send(("model", "calibration-failed", key, ""))
+        except (DemixerError, OSError, RuntimeError, MemoryError) as err:
+            self.send(("model", "calibration-failed", key, str(err)))
+        else:
+            self.cached = None  # built on the old choice
+            self.send(("model", "calibrated", key, result))
 
     def prepare(self, key: Any) -> None:
         from engine.errors import Cancelled, DemixerError

@@ -5,6 +5,8 @@ A backend sees only real float32 arrays (see `engine.core` for the layout):
         -> (spec_out (B, S, 2C, F, T), time_out (B, S, C, L))
 One backend serves one model (a bag gets one backend per member). `TorchBackend` runs anywhere
 (cpu, cuda, mps); `engine.coreml_backend.CoreMLBackend` runs the converted core on macOS;
+`engine.openvino_backend.OpenVINOBackend` and `engine.onnxruntime_backend.ONNXRuntimeBackend`
+run the core exported to ONNX (`engine.onnx_export`, cached by `engine.onnx_cache`);
 `engine.mlx_backend.MLXBackend` runs an MLX port of the core (Apple GPU, or MLX's CPU build).
 """
 
@@ -12,16 +14,20 @@ from __future__ import annotations
 
 import platform
 import sys
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
-from torch import nn
 
 from engine.allocator import RELEASE_EVERY, keep_freed_memory, release_freed
-from engine.core import CoreShapes, HTDemucsCore
 from engine.errors import DemixerError
-from engine.torch_kernels import use_fast_kernels
+from engine.shapes import CoreShapes
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# NB: torch is imported where a torch backend is made, not here: a start from a cached ONNX
+# export (OpenVINO, ONNX Runtime) then never pays its 2.7 s import.
 
 
 @runtime_checkable
@@ -53,6 +59,11 @@ class TorchBackend:
 
     def __init__(self, model: nn.Module, device: str = "cpu", max_batch: int = 1,
                  precision: str = "fp32") -> None:
+        import torch
+
+        from engine.core import HTDemucsCore
+        from engine.torch_kernels import use_fast_kernels
+
         if precision not in PRECISIONS:
             raise DemixerError(f"Unknown precision '{precision}' for the torch backend; "
                                f"use {' or '.join(PRECISIONS)}.")
@@ -77,6 +88,8 @@ class TorchBackend:
         # nn.MultiheadAttention uses scaled_dot_product_attention (flash kernel on CPU): same
         # fp32 result (>130 dB), 11% faster per segment here. NB: the flag is process-global;
         # it is restored after each call, and nothing else in Demixer runs MHA concurrently.
+        import torch
+
         fastpath = torch.backends.mha.get_fastpath_enabled()
         torch.backends.mha.set_fastpath_enabled(False)
         try:
@@ -88,6 +101,8 @@ class TorchBackend:
                 release_freed()  # bounds heap creep on long songs (see engine.allocator)
 
     def _predict(self, spec: np.ndarray, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
                                                     enabled=self.precision == "bf16"):
             s = torch.from_numpy(np.ascontiguousarray(spec)).to(self.device)
@@ -98,6 +113,8 @@ class TorchBackend:
 
 def check_device(device: str) -> str:
     """Validate a torch device name early, with one sentence instead of a traceback."""
+    import torch
+
     kind = device.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
         raise DemixerError("Device 'cuda' is not available on this machine; use -d cpu.")
@@ -116,7 +133,29 @@ def coreml_supported() -> bool:
     return major >= 13
 
 
-BACKEND_KINDS = ("auto", "torch", "coreml", "mlx")
+# Backends that run the core exported to ONNX (engine.onnx_export): no torch once exported.
+EXPORTED_KINDS = ("openvino", "onnxruntime", "onnxruntime-coreml")
+KINDS = ("auto", "torch", "coreml", "mlx", *EXPORTED_KINDS)
+BACKEND_KINDS = KINDS  # (the name the MLX work used)
+
+
+def _check_runtime(kind: str) -> None:
+    """A `DemixerError` (one sentence) if the runtime of an exported kind cannot run here."""
+    if kind == "openvino":
+        from engine.openvino_backend import openvino_available
+
+        if not openvino_available():
+            raise DemixerError("OpenVINO is not installed (pip install openvino); "
+                               "use --backend torch.")
+        return
+    from engine.onnxruntime_backend import coreml_provider_available, onnxruntime_available
+
+    if not onnxruntime_available():
+        raise DemixerError("ONNX Runtime is not installed (pip install onnxruntime); "
+                           "use --backend torch.")
+    if kind == "onnxruntime-coreml" and not coreml_provider_available():
+        raise DemixerError("ONNX Runtime has no CoreML execution provider on this machine "
+                           "(macOS only); use --backend onnxruntime.")
 
 
 def resolve_backend_kind(kind: str) -> str:
@@ -131,15 +170,64 @@ def resolve_backend_kind(kind: str) -> str:
 
         if not mlx_available():
             raise DemixerError(NOT_INSTALLED)
-    if kind not in BACKEND_KINDS:
-        raise DemixerError(f"Unknown backend '{kind}'; use {', '.join(BACKEND_KINDS)}.")
+    if kind not in KINDS:
+        raise DemixerError(f"Unknown backend '{kind}'; use {', '.join(KINDS)}.")
+    if kind in EXPORTED_KINDS:
+        _check_runtime(kind)
     return kind
+
+
+def check_exported_precision(kind: str, precision: str | None) -> str:
+    """The precision an exported kind runs at (None = exact fp32); a `DemixerError` (one
+    sentence) for one it cannot run: OpenVINO has fp32 and, on CPUs with bf16 arithmetic,
+    bf16; ONNX Runtime has fp32 only (no bf16 arithmetic on x86, measured)."""
+    precision = precision or "fp32"
+    if kind == "openvino":
+        from engine.openvino_backend import check_precision
+
+        return check_precision(precision)
+    if precision == "bf16":
+        raise DemixerError("ONNX Runtime runs fp32 only, not bf16; use --backend openvino "
+                           "--precision bf16 for a faster mode.")
+    if precision != "fp32":
+        raise DemixerError(f"ONNX Runtime runs fp32 only, not {precision}.")
+    return precision
+
+
+def predict_in_groups(run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                      spec: np.ndarray, wave: np.ndarray, batch: int, shapes: CoreShapes,
+                      label: str) -> tuple[np.ndarray, np.ndarray]:
+    """`predict` for a core compiled for a fixed `batch`: any number B of chunks, cut into
+    groups of `batch`, the last one padded with copies of its last chunk (real audio keeps the
+    maths tame; their outputs are dropped). `run` takes exactly `batch` chunks (float32,
+    C-contiguous). Shapes as `Backend.predict`; a ValueError for wrong ones."""
+    spec = np.ascontiguousarray(spec, dtype=np.float32)
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    count = spec.shape[0]
+    if spec.shape[1:] != shapes.spec_shape or wave.shape != (count, *shapes.wave_shape):
+        raise ValueError(f"{label} core expects spec (B, {shapes.spec_shape}) and wave "
+                         f"(B, {shapes.wave_shape}), got {spec.shape} and {wave.shape}")
+    outs = []
+    for i in range(0, count, batch):
+        s, w = spec[i:i + batch], wave[i:i + batch]
+        missing = batch - s.shape[0]
+        if missing:
+            s = np.concatenate([s, np.repeat(s[-1:], missing, axis=0)])
+            w = np.concatenate([w, np.repeat(w[-1:], missing, axis=0)])
+        spec_out, time_out = run(s, w)
+        outs.append((spec_out[:batch - missing], time_out[:batch - missing]))
+    if len(outs) == 1:
+        return outs[0]
+    return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
 
 
 def check_precision(kind: str, precision: str | None) -> None:
     """A precision the resolved backend `kind` does not have is a usage error (None: its
     default)."""
     if precision is None:
+        return
+    if kind in EXPORTED_KINDS:
+        check_exported_precision(kind, precision)
         return
     allowed: tuple[str, ...]
     if kind == "mlx":

@@ -40,15 +40,25 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filename", default="{track}/{stem}.{ext}",
                    help="output name template: {track} {trackext} {stem} {ext}")
     p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "coreml", "mlx"),
-                   help="where the network runs: auto, torch, coreml (macOS 13+), "
-                        "mlx (Apple GPU; MLX's CPU build elsewhere)")
-    p.add_argument("--compute-units", default="all", choices=("all", "cpu_and_gpu", "cpu_only"),
-                   help="CoreML compute units (all = Neural Engine when possible)")
+    p.add_argument("--backend", default="auto",
+                   choices=("auto", "torch", "coreml", "mlx", "openvino", "onnxruntime",
+                            "onnxruntime-coreml"),
+                   help="auto (default): the fastest backend that passed the --quality gate "
+                        "on this machine (calibrated on first use, see `demixer models "
+                        "calibrate`), or a runtime: coreml (macOS 13+), mlx (Apple GPU; MLX's "
+                        "CPU build elsewhere); openvino and onnxruntime run the core exported "
+                        "to ONNX (exported on first use)")
+    p.add_argument("--quality", default="default", choices=("default", "exact", "fast"),
+                   help="what --backend auto must reach against PyTorch fp32 (worst stem): "
+                        "exact 70 dB, default 60 dB, fast 40 dB")
+    p.add_argument("--compute-units", default=None, choices=("all", "cpu_and_gpu", "cpu_only"),
+                   help="CoreML compute units (all = Neural Engine when possible); "
+                        "bypasses the calibration")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16", "mixed", "fp16"),
-                   help="torch: fp32 (exact, default) or bf16 (fast); "
-                        "CoreML: mixed (default), fp16 or fp32; "
-                        "MLX: fp32 (default), mixed (fp16 attention) or fp16")
+                   help="torch and openvino: fp32 (exact, default) or bf16 (fast); "
+                        "onnxruntime: fp32; CoreML: mixed (default), fp16 or fp32; "
+                        "MLX: fp32 (default), mixed (fp16 attention) or fp16; "
+                        "bypasses the calibration")
     p.add_argument("--shifts", type=int, default=1, help="random shift passes (default 1)")
     p.add_argument("--seed", type=int, default=None, help="seed for the shift offsets")
     p.add_argument("--shift-offsets", default=None,
@@ -57,7 +67,7 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
                    help="fraction of each chunk shared with the next, 0 to 0.99 (default 0.25)")
     p.add_argument("--segment", type=float, default=None, help="segment length in seconds")
     p.add_argument("-j", "--jobs", type=int, default=0,
-                   help="CPU threads (0 = all cores, at most this machine's cores)")
+                   help="CPU threads of the network (0 = all cores, at most this machine's cores)")
     _add_output_flags(p)
 
 

@@ -1,4 +1,4 @@
-"""`demixer models list|download|convert|verify|clear` and `demixer doctor`.
+"""`demixer models list|download|convert|calibrate|verify|clear` and `demixer doctor`.
 
 `demixer models` alone prints its help and exits 0.
 
@@ -61,14 +61,43 @@ def add_models_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="chunks per prediction (default 1)")
     p.set_defaults(func=run_convert)
 
+    from engine.cli_calibrate import add_calibrate_command
+
+    add_calibrate_command(msub)
+    _add_onnx_commands(msub)
+
     p = msub.add_parser("verify", help="hash downloaded checkpoints and converted packages")
     p.add_argument("--repo", type=Path, help="verify the checkpoints of this folder instead")
     p.set_defaults(func=run_verify)
 
-    p = msub.add_parser("clear", help="remove converted CoreML packages")
+    p = msub.add_parser("clear", help="remove converted CoreML packages and ONNX exports")
     p.add_argument("--all", action="store_true", help="also remove downloaded checkpoints")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (a terminal asks)")
     p.set_defaults(func=run_clear)
+
+
+def _add_onnx_commands(msub: argparse._SubParsersAction) -> None:
+    from engine.onnx_export import MAX_OPSET, MIN_OPSET, OPSET, RUNTIMES
+
+    p = msub.add_parser("export-onnx", help="export a model's network core to ONNX")
+    p.add_argument("name", help="model name, e.g. htdemucs_6s")
+    p.add_argument("--repo", type=Path, help="a demucs-style folder of checkpoints to use")
+    p.add_argument("-o", "--out", type=Path, required=True,
+                   help="the .onnx file to write (a bag of N models: FILE-1.onnx ... FILE-N)")
+    p.add_argument("--opset", type=int, default=OPSET,
+                   help=f"ONNX opset, {MIN_OPSET}-{MAX_OPSET} (default {OPSET})")
+    p.add_argument("--batch", type=int, default=1, help="chunks per call (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing file")
+    p.add_argument("--check", action="store_true",
+                   help="then compare it with the torch core (ONNX Runtime)")
+    p.set_defaults(func=run_export_onnx)
+
+    p = msub.add_parser("check-onnx", help="compare an exported core with the torch core")
+    p.add_argument("file", type=Path, help="a file `demixer models export-onnx` wrote")
+    p.add_argument("--repo", type=Path, help="the folder of checkpoints it was exported from")
+    p.add_argument("--runtime", action="append", choices=RUNTIMES,
+                   help="run it with (repeatable; default onnxruntime)")
+    p.set_defaults(func=run_check_onnx)
 
 
 def add_doctor_command(sub: argparse._SubParsersAction) -> None:
@@ -105,6 +134,8 @@ def _entry_label(info: EntryInfo) -> str:
 
 def run_list(args: argparse.Namespace) -> int:
     from engine.coreml_cache import cache_root, list_entries
+    from engine.onnx_cache import cache_root as onnx_root
+    from engine.onnx_cache import list_entries as onnx_entries
     from engine.store import checkpoints_dir
 
     entries = list_entries()
@@ -124,6 +155,12 @@ def run_list(args: argparse.Namespace) -> int:
     total = sum(e.bytes for e in entries)
     print(f"* default. Checkpoints in {checkpoints_dir()}; CoreML packages in {cache_root()} "
           f"({len(entries)}, {_mb(total)}).")
+    exports = onnx_entries()
+    print(f"ONNX exports (OpenVINO, ONNX Runtime) in {onnx_root()}: {len(exports)}, "
+          f"{_mb(sum(e.bytes for e in exports))}"
+          + "".join(f"; {e.key.get('model', e.entry.name)}/o{e.key.get('opset', '?')}"
+                    f"/b{e.key.get('batch', '?')}" + (" (broken)" if e.problem else "")
+                    for e in exports) + ".")
     return 0
 
 
@@ -196,6 +233,78 @@ def run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- models export-onnx / check-onnx ---------------------------------------------------------
+
+
+def _member_paths(out: Path, count: int) -> list[Path]:
+    """Where each member of a bag goes: FILE itself for one model, FILE-1 ... FILE-N else."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i + 1}{out.suffix or '.onnx'}") for i in range(count)]
+
+
+# The quality gates of DESIGN.md: an exact runtime >= 70 dB from torch fp32, a fast one >= 40.
+CHECK_GATES_DB = {"onnxruntime": 70.0, "openvino": 70.0, "openvino-bf16": 40.0}
+
+
+def _print_checks(label: str, runtime: str, checks: list[Any]) -> bool:
+    """Print one line per output; True if every output passes the runtime's gate."""
+    gate = CHECK_GATES_DB[runtime]
+    for check in checks:
+        verdict = "ok" if check.snr_db >= gate else f"BELOW the {gate:.0f} dB gate"
+        print(f"{label} ({runtime}): {check.line()} - {verdict}")
+    return all(check.snr_db >= gate for check in checks)
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from engine.onnx_export import check_export_settings, check_exported, export_core
+    from engine.store import load_model, resolve_model
+
+    try:
+        check_export_settings(args.opset, args.batch)
+    except DemixerError as err:
+        _err(f"demixer: {err}")
+        return 2
+    resolved = resolve_model(args.name, args.repo, progress=download_printer())
+    paths = _member_paths(args.out, len(resolved.checkpoints))
+    taken = [p for p in paths if p.exists()]
+    if taken and not args.overwrite:
+        _err(f"demixer: {taken[0]} exists already; use --overwrite to replace it.")
+        return 2
+    bag: Any = load_model(resolved)
+    ok = True
+    for model, sha, path in zip(bag.models, resolved.sha256, paths, strict=True):
+        result = export_core(model, path, name=args.name, checkpoint_sha256=sha,
+                             opset=args.opset, batch=args.batch, progress=stage_printer())
+        _err(f"{args.name}: exported in {result.seconds:.1f} s; opset {args.opset}, batch "
+             f"{args.batch}; {_mb(result.bytes)}")
+        print(path)
+        if args.check:
+            ok &= _print_checks(path.name, "onnxruntime",
+                                check_exported(path, model)["onnxruntime"])
+    return 0 if ok else 1
+
+
+def run_check_onnx(args: argparse.Namespace) -> int:
+    from engine.onnx_export import META_PREFIX, check_exported, read_metadata
+    from engine.store import load_model, resolve_model
+
+    metadata = read_metadata(args.file)
+    name, sha = (metadata.get(META_PREFIX + k) for k in ("model", "checkpoint_sha256"))
+    if not name or not sha:
+        raise DemixerError(f"{args.file} was not exported by Demixer (its metadata names no "
+                           f"model); export it with `demixer models export-onnx`.")
+    resolved = resolve_model(name, args.repo, download=False)
+    if sha not in resolved.sha256:
+        raise DemixerError(f"{args.file} was exported from another checkpoint of {name} "
+                           f"(SHA-256 {sha[:8]}); give the folder it came from with --repo.")
+    bag: Any = load_model(resolved)
+    model = bag.models[resolved.sha256.index(sha)]
+    results = check_exported(args.file, model, tuple(args.runtime or ["onnxruntime"]))
+    ok = [_print_checks(args.file.name, runtime, checks) for runtime, checks in results.items()]
+    return 0 if all(ok) else 1
+
+
 # --- models verify -------------------------------------------------------------------------
 
 
@@ -250,6 +359,7 @@ def _verify_repo(name: str, repo: Path) -> list[tuple[str, str, bool]]:
 
 def run_verify(args: argparse.Namespace) -> int:
     from engine.coreml_cache import list_entries
+    from engine.onnx_cache import list_entries as onnx_entries
 
     ok = True
     for name in model_names():
@@ -261,6 +371,10 @@ def run_verify(args: argparse.Namespace) -> int:
         print(f"coreml: {info.entry.name}: {info.problem or 'ok'}"
               f"{' (rebuilt when next used)' if info.problem else ''}")
         ok &= info.problem is None
+    for onnx_info in onnx_entries(deep=True):
+        print(f"onnx: {onnx_info.entry.name}: {onnx_info.problem or 'ok'}"
+              f"{' (exported again when next used)' if onnx_info.problem else ''}")
+        ok &= onnx_info.problem is None
     return 0 if ok else 1
 
 
@@ -289,23 +403,28 @@ def _confirm(question: str) -> bool:
 
 
 def run_clear(args: argparse.Namespace) -> int:
+    from engine import onnx_cache
     from engine.coreml_cache import clear_cache, list_entries
 
     entries = list_entries()
+    exports = onnx_cache.list_entries()
     files = _checkpoint_files() if args.all else []
-    size = sum(e.bytes for e in entries) + sum(f.stat().st_size for f in files)
-    what = f"{len(entries)} converted package(s)" + (f" and {len(files)} checkpoint file(s)"
-                                                     if args.all else "")
+    size = sum(e.bytes for e in entries) + sum(e.bytes for e in exports) + \
+        sum(f.stat().st_size for f in files)
+    what = (f"{len(entries)} converted package(s), {len(exports)} ONNX export(s) with their "
+            f"compiled models" + (f" and {len(files)} checkpoint file(s)" if args.all else ""))
     if not args.yes and not _confirm(f"Remove {what} ({_mb(size)})?"):
         _err("Nothing removed.")
         return 0
     removed, busy = clear_cache()
+    removed_onnx, busy_onnx = onnx_cache.clear_cache()
+    removed += removed_onnx
     for path in files:
         removed.append((path, path.stat().st_size))
         path.unlink()
     for path, nbytes in removed:
         print(f"removed {path} ({_mb(nbytes)})")
-    for path in busy:
+    for path in [*busy, *busy_onnx]:
         _err(f"skipped {path}: another Demixer process is converting it")
     print(f"Freed {_mb(sum(n for _, n in removed))}.")
     return 0
@@ -352,6 +471,29 @@ def _coreml_lines() -> list[str]:
     return lines
 
 
+def _runtime_lines() -> list[str]:
+    """OpenVINO and ONNX Runtime: installed?, version, precisions / providers here."""
+    from importlib import metadata
+
+    from engine.onnxruntime_backend import available_providers, onnxruntime_available
+    from engine.openvino_backend import openvino_available, supported_precisions
+
+    lines = []
+    for label, dist, here, what in (
+            ("OpenVINO", "openvino", openvino_available, supported_precisions),
+            ("ONNX Runtime", "onnxruntime", onnxruntime_available, available_providers)):
+        if not here():
+            lines.append(f"{label}: not installed")
+            continue
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:  # a frozen bundle without its dist-info
+            version = "(version unknown)"
+        kind = "precisions" if dist == "openvino" else "providers"
+        lines.append(f"{label} {version} ({kind}: {', '.join(what())})")
+    return lines
+
+
 def _audio_lines() -> list[str]:
     try:
         import sounddevice as sd
@@ -393,20 +535,19 @@ def _window_line() -> str:
 
 def run_doctor(args: argparse.Namespace) -> int:
     from engine import __version__
-    from engine.backends import resolve_backend_kind
+    from engine.cli_calibrate import backend_lines, doctor_lines
     from engine.coreml_cache import cache_root, list_entries
     from engine.store import data_dir
 
     mac = platform.mac_ver()[0]
     system = f"macOS {mac}" if mac else platform.platform()
     entries = list_entries()
-    auto = resolve_backend_kind("auto")
     lines = [f"Demixer {__version__}",
              f"Platform: {system} ({platform.machine()})",
              f"Python: {platform.python_version()} ({sys.executable})",
              _torch_line(), *_coreml_lines(), _mlx_line(),
-             f"Backends: torch; coreml {'yes' if auto == 'coreml' else 'no'} (auto picks {auto})",
+             *_runtime_lines(), *backend_lines(),
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
-             *_audio_lines(), _window_line()]
+             *_audio_lines(), _window_line(), *doctor_lines()]
     print("\n".join(lines))
     return 0

@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from engine.calibrate import CalibrationProgress
 from engine.catalogue import default_model
 from engine.decode import find_audio_files
 from engine.errors import DemixerError, UsageError
@@ -71,17 +73,38 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
-    from engine.backends import resolve_backend_kind
+    from engine.backends import EXPORTED_KINDS, resolve_backend_kind
+    from engine.cli_calibrate import progress_printer
     from engine.cli_models import download_printer, stage_printer
-    from engine.pipeline import build_separator
+    from engine.pipeline import build_separator, uses_calibration
 
+    calibrated = uses_calibration(args.backend, args.precision, args.compute_units,
+                                  args.device)
     convert_progress = None
-    if resolve_backend_kind(args.backend) in ("coreml", "mlx"):  # the first run converts
-        convert_progress = stage_printer()
-    return build_separator(name, repo=args.repo, backend=args.backend, device=args.device,
-                           options=options, progress=download_printer(),
-                           precision=args.precision, compute_units=args.compute_units,
-                           convert_progress=convert_progress)
+    kind = resolve_backend_kind(args.backend)
+    if calibrated or kind in ("coreml", "mlx") or kind in EXPORTED_KINDS:
+        convert_progress = stage_printer()  # the first run converts or exports: show it
+    t0 = time.monotonic()
+    shown = progress_printer(name)
+    ran: list[bool] = []
+
+    def calibrating(p: CalibrationProgress) -> None:
+        ran.append(True)
+        shown(p)
+
+    separator = build_separator(name, repo=args.repo, backend=args.backend,
+                                device=args.device, options=options,
+                                progress=download_printer(), precision=args.precision,
+                                compute_units=args.compute_units,
+                                convert_progress=convert_progress, threads=args.jobs or None,
+                                quality=args.quality, calibrate_progress=calibrating)
+    if ran:  # the first run on this machine: say what came of it
+        chosen = getattr(separator.backends[0], "candidate", None)
+        label = chosen.label if chosen is not None else separator.backends[0].name
+        print(f"demixer: calibrated in {time.monotonic() - t0:.1f} s; {args.quality} "
+              f"quality runs on {label} (`demixer models calibrate {name}` shows the "
+              f"table).", file=sys.stderr)
+    return separator
 
 
 def _err(text: str) -> None:
@@ -130,10 +153,11 @@ def run_separate(args: argparse.Namespace) -> int:
 
 def _run_batch(args: argparse.Namespace, name: str, options: SeparationOptions,
                plan: OutputPlan, check_after_load: Any) -> int:
+    from engine.backends import EXPORTED_KINDS
     from engine.partial import clean_stale
 
-    if args.jobs > 0:
-        import torch
+    if args.jobs > 0 and args.backend not in EXPORTED_KINDS:
+        import torch  # the exported runtimes get the count instead (build_separator)
 
         torch.set_num_threads(args.jobs)
     tracks = expand_tracks(args.tracks)
@@ -285,8 +309,9 @@ class _Reporter:
         self.bar = bar
 
     def __call__(self, event: JobEvent) -> None:
-        if event.kind == "resumed":
-            line = f"demixer: {printable(event.message)}"
+        if event.kind in ("resumed", "notice"):  # notice: e.g. a backend handed over
+            prefix = f"warning: {self.track}: " if event.kind == "notice" else ""
+            line = f"demixer: {prefix}{printable(event.message)}"
             if self.bar is not None:
                 self.bar.write(line)
             else:

@@ -35,14 +35,19 @@ from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from engine.core import CoreShapes, HTDemucsCore
 from engine.errors import Cancelled, DemixerError
+from engine.shapes import CoreShapes
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# NB: torch is imported by the functions that trace, not here: the progress type and the
+# option lists of this module are used by torch-free starts (OpenVINO, ONNX Runtime).
 
 CONVERSION_VERSION = 2  # bump when the converted graph changes: it is part of the cache key
 PRECISIONS = ("mixed", "fp16", "fp32")
@@ -159,6 +164,8 @@ def coremltools_version() -> str:
 def mha_fastpath_disabled() -> Iterator[None]:
     """The MHA fast path off, for tracing only: it emits `_native_multi_head_attention`,
     which coremltools cannot convert. The previous setting is restored afterwards."""
+    import torch
+
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
@@ -280,6 +287,8 @@ class _PipelineProgress:
 
 def example_inputs(shapes: CoreShapes, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Random (spec, wave) of the package's shapes, float32."""
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     spec = torch.randn((batch, *shapes.spec_shape), generator=gen)
     wave = torch.randn((batch, *shapes.wave_shape), generator=gen)
@@ -288,6 +297,10 @@ def example_inputs(shapes: CoreShapes, batch: int, seed: int = 0) -> tuple[torch
 
 def trace_core(model: nn.Module, batch: int = 1) -> tuple[torch.jit.ScriptModule, CoreShapes]:
     """TorchScript of the core of `model` (an HTDemucs, not a bag) at its own segment."""
+    import torch
+
+    from engine.core import HTDemucsCore
+
     core = HTDemucsCore(model).eval()
     spec, wave = example_inputs(core.shapes, batch)
     # check_trace=False: the check re-runs the whole network (30 s for the real one).

@@ -10,40 +10,22 @@ Shapes (B = batch, C = audio channels, S = sources, F = nfft/2 bins, T = frames,
     spec  (B, 2C, F, T) float32, channel index = 2*c + (0 real, 1 imaginary), as `_magnitude`
     wave  (B, C, L)     float32
     -> spec_out (B, S, 2C, F, T) float32, time_out (B, S, C, L) float32
-Every size is read from the loaded model (`core_shapes`), never hard-coded.
+Every size is read from the loaded model (`core_shapes`), never hard-coded; `CoreShapes`
+itself lives in `engine.shapes` (no torch there) and is re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from engine.shapes import CoreShapes
 
-@dataclass(frozen=True)
-class CoreShapes:
-    """The fixed tensor sizes of one model's core, derived from the model itself."""
-
-    samplerate: int
-    segment_samples: int  # L: the training length, int(segment * samplerate)
-    channels: int  # C
-    sources: tuple[str, ...]
-    nfft: int
-    hop: int
-    freqs: int  # F = nfft // 2 (Nyquist bin dropped)
-    frames: int  # T = ceil(L / hop)
-
-    @property
-    def spec_shape(self) -> tuple[int, int, int]:
-        return (2 * self.channels, self.freqs, self.frames)
-
-    @property
-    def wave_shape(self) -> tuple[int, int]:
-        return (self.channels, self.segment_samples)
+__all__ = ["CoreShapes", "HTDemucsCore", "core_shapes"]
 
 
 def core_shapes(model: Any) -> CoreShapes:

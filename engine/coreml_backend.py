@@ -10,7 +10,8 @@ Shapes come from the package's own metadata.
 
 Compute units: "all" (default: CPU, GPU and Neural Engine), "cpu_and_gpu", "cpu_only",
 "cpu_and_ne". If the model cannot be loaded or run with "all" (the ANE compiler rejects some
-graphs), the backend warns (`CoreMLFallbackWarning`) and uses "cpu_and_gpu" instead.
+graphs), the backend warns (`CoreMLFallbackWarning`) and uses "cpu_and_gpu" instead - unless
+`fallback=False` (the calibration: it measures what it asked for, or rejects it).
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class CoreMLBackend:
 
     name = "coreml"
 
-    def __init__(self, package: CachedPackage | Path, compute_units: str = "all") -> None:
+    def __init__(self, package: CachedPackage | Path, compute_units: str = "all",
+                 fallback: bool = True) -> None:
         if not coreml_supported():
             raise DemixerError("CoreML needs macOS 13 or later; use --backend torch")
         self.requested_units = check_compute_units(compute_units)
@@ -94,6 +96,7 @@ class CoreMLBackend:
         self.max_batch = int(self.metadata[META_PREFIX + "batch"])
         self.precision = self.metadata[META_PREFIX + "precision"]
         self.compute_units = self.requested_units
+        self.fallback = fallback
         self._model = self._load(self.requested_units)
         self._proven = False  # True once a prediction has succeeded
         self._lock = threading.Lock()  # NB: one prediction at a time per loaded model
@@ -123,7 +126,7 @@ class CoreMLBackend:
         try:
             return self._load_any(units)
         except Exception as exc:
-            if units != "all":
+            if units != "all" or not self.fallback:
                 raise DemixerError(f"CoreML cannot load {self.package_path} with compute units "
                                    f"{units} ({type(exc).__name__}: {exc}).") from exc
             return self._fall_back(exc)
@@ -133,7 +136,7 @@ class CoreMLBackend:
         try:
             out = self._model.predict(feeds)
         except Exception as exc:
-            if self._proven or self.compute_units != "all":
+            if self._proven or self.compute_units != "all" or not self.fallback:
                 raise
             self._model = self._fall_back(exc)  # the ANE fails some graphs only when run
             out = self._model.predict(feeds)
@@ -168,15 +171,17 @@ class CoreMLBackend:
 def coreml_backends_for(bag: Any, resolved: ResolvedModel, *, compute_units: str = "all",
                         options: ConvertOptions = DEFAULT_OPTIONS,
                         convert_progress: ProgressCallback | None = None,
-                        cancel: threading.Event | None = None) -> list[CoreMLBackend]:
+                        cancel: threading.Event | None = None,
+                        fallback: bool = True) -> list[CoreMLBackend]:
     """One backend per member of `bag` (loaded from `resolved`), converting on first use.
 
     `bag` may be None: the checkpoints are then loaded only if a package must be converted.
-    `convert_progress` gets the first run's conversion events (the GUI's first-run dialog).
+    `convert_progress` gets the first run's conversion events (the GUI's first-run dialog);
+    `fallback` False keeps "all" on the Neural Engine or fails (see the module docstring).
     """
     if not coreml_supported():
         raise DemixerError("CoreML needs macOS 13 or later; use --backend torch")
     units = check_compute_units(compute_units)
     packages = ensure_model_packages(resolved, options, bag=bag, progress=convert_progress,
                                      cancel=cancel)
-    return [CoreMLBackend(p, units) for p in packages]
+    return [CoreMLBackend(p, units, fallback) for p in packages]

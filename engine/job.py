@@ -46,13 +46,13 @@ RECORD_VERSION = 1
 
 @dataclass(frozen=True)
 class JobEvent:
-    # "stage" | "progress" | "ready" | "resumed" | "done" | "failed" | "cancelled"
+    # "stage" | "progress" | "ready" | "resumed" | "notice" | "done" | "failed" | "cancelled"
     kind: str
     stage: str = ""  # "decoding" | "separating" | "writing"
     fraction: float = 0.0  # of the current stage, 0..1 ("resumed": how far the stems were)
     eta_s: float | None = None
     ready_frames: int = 0  # stems are final for [0, ready_frames) at the model rate
-    message: str = ""
+    message: str = ""  # "notice": one sentence to show once (a warning, a status line)
 
 
 @dataclass
@@ -166,7 +166,7 @@ class SeparationJob:
         if self.stems.ready_frames < self.stems.frames:
             sep.separate(self.track.audio, self.track.mean, self.track.std, self.stems,
                          cancel=self.cancel_event, on_progress=self._on_progress,
-                         offsets=offsets)
+                         offsets=offsets, on_notice=self._on_notice)
         self.stems.save_index(complete=True, extra={"source": str(self.path)})
         if self.plan is not None:
             self.on_event(JobEvent("stage", stage="writing"))
@@ -174,6 +174,9 @@ class SeparationJob:
             self.result.written = write_outputs(self.plan, self.path, self.stems, rate, frames,
                                                 cancel=self.cancel_event,
                                                 track_name=self.track_name)
+
+    def _on_notice(self, text: str) -> None:
+        self.on_event(JobEvent("notice", message=text))
 
     def _prepare_workdir(self) -> Path:
         self._stems_dir_existed = self.stems_dir is not None and self.stems_dir.exists()

@@ -26,9 +26,9 @@ import torch
 from engine import stft
 from engine.backends import Backend
 from engine.chunking import Chunk, Pass, draw_shift_offsets, plan, triangle_weight
-from engine.core import CoreShapes
 from engine.errors import Cancelled, DemixerError
 from engine.overlap_add import Combiner, PassAccumulator
+from engine.shapes import CoreShapes
 from engine.stembuffers import StemBuffers, read_track_window
 
 FFT_WORKERS = max(1, min(4, os.cpu_count() or 1))  # scipy.fft threads for STFT / iSTFT
@@ -165,13 +165,16 @@ class Separator:
     def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
                  cancel: threading.Event | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
-                 offsets: Sequence[int] | None = None) -> None:
+                 offsets: Sequence[int] | None = None,
+                 on_notice: Callable[[str], None] | None = None) -> None:
         """Separate the (C, N) track `audio` (model rate) into `sink`, streaming.
 
         Resumes where `sink` says the stems are final (`sink.ready_frames`, 0 for a fresh
         sink): with the same audio, mean, std and shift `offsets` (see `draw_offsets`; None
         draws them per the options) the stems come out bit for bit as in one uninterrupted
-        run (tests/engine/test_resume.py); see `resume_chunks` for why.
+        run (tests/engine/test_resume.py); see `resume_chunks` for why. `on_notice` gets one
+        sentence when something the person should know happens on the way (a backend that
+        failed and was handed over, `engine.fallback`).
 
         The post stage (iSTFT, overlap-add, mixing, writing, progress) runs on this thread
         after each network call when the backend computes on the CPU: on a 2-core machine a
@@ -183,6 +186,17 @@ class Separator:
         latency beats throughput: the listener is waiting for it, so its post stage runs here.
         """
         passes = self.plan(audio.shape[-1], offsets)
+        self._set_notice_handler(on_notice)
+        try:
+            self._run(passes, audio, (mean, std), sink, cancel, on_progress)
+        finally:
+            self._set_notice_handler(None)  # the next job brings its own
+
+    def _run(self, passes: list[Pass], audio: np.ndarray, stats: tuple[float, float],
+             sink: StemBuffers, cancel: threading.Event | None,
+             on_progress: Callable[[Progress], None] | None) -> None:
+        """The chunk loop of `separate`, from where `sink` says the stems are final."""
+        mean, std = stats
         starts = self.resume_chunks(passes, sink.ready_frames)
         finisher = _Finisher(self, passes, sink, mean, std, on_progress, starts)
         cursor = _Cursor(passes, starts)
@@ -203,6 +217,13 @@ class Separator:
                     pending = post.submit(finisher.finish, batch, raw)
             if pending is not None:
                 pending.result()
+
+    def _set_notice_handler(self, on_notice: Callable[[str], None] | None) -> None:
+        """Hand `on_notice` to the backends that report things (`engine.fallback`)."""
+        for backend in self.backends:
+            setter = getattr(backend, "set_notice_handler", None)
+            if setter is not None:
+                setter(on_notice)
 
     def _next_batch(self, cursor: _Cursor) -> tuple[Backend, list[Chunk]]:
         """Chunks of the pass furthest behind (keeps passes in step, so buffers stay small)."""
@@ -237,6 +258,16 @@ class Separator:
                    scale: tuple[np.float32, np.float32]) -> list[np.ndarray]:
         """Model outputs (S, C, chunk.length) for each chunk (all of one model)."""
         return self._to_audio(chunks, self._predict(backend, chunks, audio, scale))
+
+    def first_chunk(self, backend: Backend, audio: np.ndarray, mean: float,
+                    std: float) -> np.ndarray:
+        """The stems of the first chunk of the (C, N) track `audio` through `backend` alone,
+        de-normalised: float32 (S, C, n), exactly as `separate` computes that chunk (the
+        calibration compares backends on this)."""
+        chunk = self.plan(audio.shape[-1])[0].chunks[0]
+        scale = (np.float32(mean), np.float32(std + 1e-8))
+        [out] = self._run_batch(backend, [chunk], audio, scale)
+        return out * scale[1] + scale[0]
 
 
 def _backend_identity(backend: Backend) -> dict[str, Any]:

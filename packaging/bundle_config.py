@@ -52,6 +52,9 @@ EXCLUDES = [
     # torch extras with no use here
     "tensorboard", "torch.utils.tensorboard", "torchvision", "torchaudio", "triton",
     "coremltools.test",
+    # OpenVINO's converters from other frameworks and its torch.compile backend
+    "openvino.tools", "openvino.torch", "openvino.frontend.pytorch",
+    "openvino.frontend.tensorflow", "openvino.frontend.paddle", "openvino.frontend.jax",
     # demucs's training, CLI, hub and file-reading code (we load checkpoints ourselves)
     "demucs.hf", "demucs.api", "demucs.separate", "demucs.train", "demucs.solver",
     "demucs.evaluate", "demucs.grids", "demucs.wav", "demucs.augment", "demucs.ema",
@@ -75,9 +78,49 @@ TORCH_TEST_LIBRARIES = ("libjitbackend_test", "libtorchbind_test", "libbackend_w
                         "libaoti_custom_ops")
 
 
+# The runtimes of the exported core (engine.openvino_backend, engine.onnxruntime_backend) and
+# the onnx package torch's exporter needs: bundled where installed (x86-64 Linux and Windows,
+# pyproject.toml), imported lazily by the engine, so named here.
+EXPORT_RUNTIMES = ("openvino", "onnxruntime", "onnx")
+
+# OpenVINO's wheel carries every device and every framework: Demixer compiles ONNX for the
+# CPU only. What it loads: libopenvino, the CPU plugin, the ONNX (and IR) front ends, TBB.
+# OpenVINO finds its plugins next to libopenvino by name (no plugins.xml in these wheels).
+OPENVINO_UNNEEDED = ("libopenvino_intel_gpu_plugin", "libopenvino_intel_npu_plugin",
+                     "libopenvino_tensorflow_frontend", "libopenvino_tensorflow_lite_frontend",
+                     "libopenvino_paddle_frontend", "libopenvino_pytorch_frontend",
+                     "libopenvino_jax_frontend", "libopenvino_gguf_frontend", "libopenvino_c",
+                     "libtbbmalloc_proxy", "cache.json", "tbb.pc")
+
+
+def installed(names: tuple[str, ...] | list[str]) -> list[str]:
+    """The packages of `names` installed here (a bundle takes what its venv has)."""
+    import importlib.util
+
+    return [n for n in names if importlib.util.find_spec(n) is not None]
+
+
+def openvino_libraries() -> list[tuple[str, str]]:
+    """(source, bundle folder) of the files in OpenVINO's `libs` folder that Demixer loads (its
+    library, the CPU plugin, the front ends, TBB; not `is_unneeded`)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("openvino")
+    if spec is None or spec.origin is None:
+        return []
+    libs = Path(spec.origin).parent / "libs"
+    return [(str(f), "openvino/libs") for f in sorted(libs.iterdir())
+            if f.is_file() and not is_unneeded(f"openvino/libs/{f.name}")]
+
+
 def is_unneeded(dest: str) -> bool:
     """True for a bundled file (its path inside the bundle) that the app never loads."""
     parts = dest.replace("\\", "/").split("/")
+    if parts[0] == "openvino" and len(parts) >= 2:
+        name = parts[-1]
+        return parts[1] in ("include", "cmake", "tools") or (
+            parts[1] == "libs" and (name in OPENVINO_UNNEEDED
+                                    or name.split(".")[0] in OPENVINO_UNNEEDED))
     if parts[0] != "torch" or len(parts) < 3:
         return False
     if parts[1] == "test":

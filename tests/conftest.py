@@ -56,3 +56,35 @@ def real_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo = tmp_path_factory.mktemp("real-repo")
     make_test_model("htdemucs_6s", repo, seed=2, tiny=False)
     return repo
+
+
+def _session_export(tmp_path_factory: pytest.TempPathFactory, repo: Path, label: str) -> Path:
+    """A cache root (engine.onnx_cache layout) holding the export of `repo`'s htdemucs_6s."""
+    from engine.onnx_cache import ensure_model_onnx
+    from engine.store import resolve_model
+
+    root = tmp_path_factory.mktemp(f"onnx-{label}")
+    [export] = ensure_model_onnx(resolve_model("htdemucs_6s", repo), root=root)
+    assert not export.hit
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_root(tmp_path_factory: pytest.TempPathFactory, tiny_repo: Path) -> Path:
+    """The tiny htdemucs_6s exported to ONNX once per session (engine.onnx_cache layout)."""
+    return _session_export(tmp_path_factory, tiny_repo, "tiny")
+
+
+@pytest.fixture(scope="session")
+def real_onnx_root(tmp_path_factory: pytest.TempPathFactory, real_repo: Path) -> Path:
+    """The real htdemucs_6s architecture exported to ONNX once per session (~20 s)."""
+    return _session_export(tmp_path_factory, real_repo, "real")
+
+
+def seed_onnx_cache(session_root: Path, home: Path) -> Path:
+    """Copy a session's exports into a test's data dir (so the CLI finds them: no export)."""
+    import shutil
+
+    target = home / "onnx"
+    shutil.copytree(session_root, target, dirs_exist_ok=True)
+    return target

@@ -101,8 +101,10 @@ def test_spec_bundles_the_data_files_the_app_reads(mac_spec: dict[str, Recorder]
     assert ("catalogue.json", "models") in datas
     assert ("cacert.pem", "certifi") in datas
     assert ("Demixer.png", "resources") in datas
-    for src, _ in mac_spec["Analysis"].kwargs["datas"]:
-        assert Path(src).is_file(), src
+    for src, _ in mac_spec["Analysis"].kwargs["datas"]:  # files, and packages' dist-info
+        assert Path(src).is_file() or (Path(src).is_dir() and src.endswith(".dist-info")), src
+    assert any(Path(src).name.startswith("torch-") for src, _ in
+               mac_spec["Analysis"].kwargs["datas"])  # its version keys the ONNX exports
 
 
 def test_spec_makes_a_windowed_mac_app(mac_spec: dict[str, Recorder]) -> None:
@@ -289,6 +291,19 @@ def test_torch_test_programs_are_left_out_and_nothing_torch_loads() -> None:
     assert not cfg.is_unneeded("demucs/remote/files.txt")
 
 
+def test_openvino_keeps_the_cpu_plugin_and_the_onnx_front_end_only() -> None:
+    keep = ["libopenvino.so.2641", "libopenvino_intel_cpu_plugin.so", "libtbb.so.12",
+            "libopenvino_onnx_frontend.so.2641", "libopenvino_ir_frontend.so.2641"]
+    drop = ["libopenvino_intel_gpu_plugin.so", "libopenvino_intel_npu_plugin.so",
+            "libopenvino_tensorflow_frontend.so.2641", "libopenvino_pytorch_frontend.so.2641",
+            "cache.json"]
+    assert not any(cfg.is_unneeded(f"openvino/libs/{name}") for name in keep)
+    assert all(cfg.is_unneeded(f"openvino/libs/{name}") for name in drop)
+    assert cfg.is_unneeded("openvino/include/openvino/core/model.hpp")
+    assert not cfg.is_unneeded("openvino/_pyopenvino.cpython-311-x86_64-linux-gnu.so")
+    assert not cfg.is_unneeded("onnxruntime/capi/libonnxruntime.so.1.32.0")
+
+
 # --- the self-test -------------------------------------------------------------------------
 
 PIPELINE = [name for name, _ in engine_checks(Context(Path("."))) if "CoreML" not in name]
@@ -443,3 +458,17 @@ def test_snr_is_infinite_for_equal_signals_and_finite_otherwise() -> None:
     x = np.sin(np.arange(1000.0))
     assert selftest.snr_db(x, x) == float("inf")
     assert abs(selftest.snr_db(x * 1.1, x) - 20.0) < 1e-9
+
+
+def test_openvino_libraries_include_the_onnx_front_end() -> None:
+    """collect_dynamic_libs missed the versioned front ends: the bundle could not read ONNX."""
+    import importlib.util
+
+    if importlib.util.find_spec("openvino") is None:  # macOS arm64: not a dependency there
+        assert cfg.openvino_libraries() == []
+        return
+    names = {Path(src).name.split(".")[0] for src, dest in cfg.openvino_libraries()}
+    assert {"libopenvino", "libopenvino_intel_cpu_plugin", "libopenvino_onnx_frontend",
+            "libtbb"} <= names
+    assert "libopenvino_intel_gpu_plugin" not in names and "cache" not in names
+    assert {dest for _, dest in cfg.openvino_libraries()} == {"openvino/libs"}

@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # before anything imports Qt
 
+import shutil  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -16,6 +17,7 @@ from PySide6.QtCore import QSettings  # noqa: E402
 from app.library import Library  # noqa: E402
 from app.mainwindow import MainWindow  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from tests.conftest import seed_onnx_cache  # noqa: E402
 from tests.engine.audio_files import sine_mix, write_wav  # noqa: E402
 
 
@@ -59,10 +61,43 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
 
 
+@pytest.fixture(scope="session")
+def tiny_calibration(tiny_repo: Path, tiny_onnx_root: Path,
+                     tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real calibration of the tiny htdemucs_6s on this machine, made once per session."""
+    from engine.calibrate import calibrate
+    from engine.store import load_model, resolve_model
+
+    home = tmp_path_factory.mktemp("calibrated-home")
+    seed_onnx_cache(tiny_onnx_root, home)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEMIXER_HOME", str(home))
+        resolved = resolve_model("htdemucs_6s", tiny_repo)
+        calibrate(load_model(resolved), resolved)
+    return home / "calibration"
+
+
 @pytest.fixture
-def model_repo(tiny_repo: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def uncalibrated_repo(tiny_repo: Path, tiny_onnx_root: Path,
+                      monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The tiny models, on a machine where none has been calibrated yet (a first run; the
+    ONNX export the OpenVINO and ONNX Runtime candidates need is there already: exporting
+    has its own tests)."""
+    from engine.store import data_dir
+
     monkeypatch.setenv("DEMIXER_MODEL_REPO", str(tiny_repo))
+    seed_onnx_cache(tiny_onnx_root, data_dir())
     return tiny_repo
+
+
+@pytest.fixture
+def model_repo(uncalibrated_repo: Path, tiny_calibration: Path) -> Path:
+    """The tiny models, htdemucs_6s already calibrated here (as from the second run on: the
+    first run's calibration has its own tests, tests/app/test_calibration.py)."""
+    from engine.store import data_dir
+
+    shutil.copytree(tiny_calibration, data_dir() / "calibration", dirs_exist_ok=True)
+    return uncalibrated_repo
 
 
 @pytest.fixture

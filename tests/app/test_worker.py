@@ -12,6 +12,7 @@ from PySide6.QtCore import Qt
 import app.models
 from app.models import ModelKey
 from app.worker import _Child
+from engine.calibrate import CalibrationProgress
 from engine.convert import ConvertProgress
 from engine.download import DownloadProgress
 from engine.errors import ChecksumError
@@ -29,10 +30,11 @@ def test_prepare_reports_download_and_conversion_then_loaded(monkeypatch) -> Non
     key = ModelKey("htdemucs_6s", backend="coreml")
     seen: dict[str, Any] = {}
 
-    def fake_build(k, progress, cancel, convert_progress):  # type: ignore[no-untyped-def]
+    def fake_build(k, progress, cancel, convert, calibrate):  # type: ignore[no-untyped-def]
         seen["cancel"] = cancel
         progress(DownloadProgress("5c90dfd2-34c22ccb.th", 10, 20, 1e6))
-        convert_progress(ConvertProgress("trace", 0.1, "Tracing the model"))
+        convert(ConvertProgress("trace", 0.1, "Tracing the model"))
+        calibrate(CalibrationProgress(0.5, "coreml mixed all", "timed call 1 of 2"))
         return "separator"
 
     monkeypatch.setattr(app.models, "build", fake_build)
@@ -40,8 +42,9 @@ def test_prepare_reports_download_and_conversion_then_loaded(monkeypatch) -> Non
     child = _Child(conn, threading.Event())  # type: ignore[arg-type]
     child.prepare(key)
     kinds = [m[1] for m in conn.sent]
-    assert kinds == ["progress", "convert", "loaded"]
+    assert kinds == ["progress", "convert", "calibrate", "loaded"]
     assert conn.sent[1][3].message == "Tracing the model" and conn.sent[1][2] == key
+    assert conn.sent[2][3].candidate == "coreml mixed all" and conn.sent[2][2] == key
     assert child.cached == (key, "separator")
     assert not seen["cancel"].is_set()
     conn.sent.clear()

@@ -3,6 +3,19 @@
     .venv/bin/python tests/benchmarks/bench_engine.py [--seconds 60] [--long-minutes 20]
         [--modes exact,fast,mlx] [--rss-model real|tiny] [--repeat N]
         [--json bench-results/engine.json]
+    .venv/bin/python tests/benchmarks/bench_engine.py --core [--runtimes ...] [--repeat N]
+    .venv/bin/python tests/benchmarks/bench_engine.py --whole-process [--seconds 60]
+        [--cli-modes exact,openvino,openvino-bf16] [--repeat N]
+
+`--core`: each core runtime's seconds per 7.8 s segment (torch fp32/bf16, OpenVINO f32/bf16,
+ONNX Runtime fp32), each in its own fresh process, rounds interleaved, best call of the best
+round; SNR of each against torch fp32 on the same segment. `--whole-process`: what a user
+compares - the `demucs` command (`demucs -n htdemucs_6s --repo DIR --shifts 0 -o OUT song.wav`)
+against `demixer separate` with the same model, shifts and overlap, both writing 16-bit stems
+(`--float32`: float stems, for an SNR not bounded by 16-bit quantisation),
+each a fresh process, rounds interleaved, best round each: wall time, CPU time and peak RSS
+(from `os.wait4`), and each mode's SNR against demucs's stems. The export / compile of the
+exported runtimes happens once before the rounds (its time is shown as "first run").
 
 Same audio, the real htdemucs_6s architecture from `make-test-model` (random weights),
 shifts 0, overlap 0.25. For each mode: wall time (decode + separate, no file writing, for
@@ -20,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,6 +58,9 @@ MODES = {
     "mlx": ("mlx", "fp32", "MLX fp32"),
     "mlx-mixed": ("mlx", "mixed", "MLX, float16 attention"),
     "mlx-fp16": ("mlx", "fp16", "MLX float16"),
+    "openvino": ("openvino", "fp32", "OpenVINO f32, the core exported to ONNX"),
+    "openvino-bf16": ("openvino", "bf16", "OpenVINO bf16 (INFERENCE_PRECISION_HINT)"),
+    "onnxruntime": ("onnxruntime", "fp32", "ONNX Runtime fp32, CPU provider"),
 }
 # MLX off a Mac is its CPU build: a test vehicle (about a minute per segment here), so its
 # rows run only when asked for with --modes, and never for the hour-long RSS runs.
@@ -174,9 +191,13 @@ def machine() -> dict:
 def available_modes(wanted: list[str]) -> list[str]:
     from engine.backends import coreml_supported
     from engine.mlx_backend import mlx_available
+    from engine.onnxruntime_backend import onnxruntime_available
+    from engine.openvino_backend import supported_precisions
 
-    usable = {"torch": True, "coreml": coreml_supported(), "mlx": mlx_available()}
-    return [m for m in wanted if usable[MODES[m][0]]]
+    usable = {"coreml": coreml_supported(), "mlx": mlx_available(),
+              "onnxruntime": onnxruntime_available()}
+    return [m for m in wanted if usable.get(MODES[m][0], True)
+            and (MODES[m][0] != "openvino" or MODES[m][1] in supported_precisions())]
 
 
 def default_modes() -> list[str]:
@@ -186,6 +207,16 @@ def default_modes() -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--core", action="store_true", help="core seconds per segment per runtime")
+    ap.add_argument("--runtimes", default=",".join(CORE_RUNTIMES))
+    ap.add_argument("--calls", type=int, default=2, help="--core: calls per process (best)")
+    ap.add_argument("--whole-process", action="store_true",
+                    help="the demucs command against demixer separate, as processes")
+    ap.add_argument("--cli-modes", default=",".join(CLI_MODES))
+    ap.add_argument("--float32", action="store_true",
+                    help="--whole-process: both write float32 stems (16-bit by default)")
+    ap.add_argument("--core-one", nargs=3, metavar=("RUNTIME", "REPO", "CALLS"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--long-minutes", type=float, default=20.0)
     ap.add_argument("--modes", default=",".join(default_modes()),
@@ -200,7 +231,13 @@ def main() -> int:
     args = ap.parse_args()
     if args.one:
         return run_one(*args.one)
+    if args.core_one:
+        return core_one(args.core_one[0], Path(args.core_one[1]), int(args.core_one[2]))
+    if args.core or args.whole_process:
+        return run_process_benchmarks(args)
     work = Path(tempfile.mkdtemp(prefix="demixer-bench-"))
+    # the random-weight model's exports and conversions stay out of the user's data dir
+    os.environ.setdefault("DEMIXER_HOME", str(work / "home"))
     repo = work / "real"
     make_test_model(MODEL, repo, seed=0)
     song = _music(work / "song.wav", args.seconds)
@@ -321,6 +358,202 @@ def print_table(report: dict) -> None:
 
 def _f(v: float | None, digits: int = 1) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
+
+
+# --- core runtimes, each in a fresh process ------------------------------------------------
+
+CORE_RUNTIMES = {
+    # name: (backend kind, precision)
+    "torch-fp32": ("torch", "fp32"),
+    "torch-bf16": ("torch", "bf16"),
+    "openvino-fp32": ("openvino", "fp32"),
+    "openvino-bf16": ("openvino", "bf16"),
+    "onnxruntime-fp32": ("onnxruntime", "fp32"),
+}
+
+
+def core_one(runtime: str, repo: Path, calls: int) -> int:
+    """One runtime in this fresh process: build its backend (from the export cache), time
+    `calls` calls on one fixed segment, print the times, save the outputs for the SNR."""
+    from engine.pipeline import make_backends
+    from engine.store import load_model, resolve_model
+
+    kind, precision = CORE_RUNTIMES[runtime]
+    resolved = resolve_model(MODEL, repo)
+    t0 = time.perf_counter()
+    bag = load_model(resolved) if kind == "torch" else None
+    [backend] = make_backends(bag, resolved, kind, precision=precision)
+    start_s = time.perf_counter() - t0
+    s = backend.shapes
+    rng = np.random.default_rng(0)
+    spec = rng.standard_normal((1, *s.spec_shape), np.float32)
+    wave = rng.standard_normal((1, *s.wave_shape), np.float32)
+    times = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        out = backend.predict(spec, wave)
+        times.append(time.perf_counter() - t)
+    path = repo.parent / f"core-{runtime}.npz"
+    np.savez(path, spec_out=out[0], time_out=out[1])
+    print("RESULT " + json.dumps({"times": times, "start_s": start_s, "out": str(path)}))
+    return 0
+
+
+def _child(args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a fresh process; its wall time, CPU time and peak RSS (`os.wait4`), stdout."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(args, stdout=out, stderr=err, env=env, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, unlike getrusage
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:5])}... failed:\n{stderr[-3000:]}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "peak_rss_mb": usage.ru_maxrss / 1024, "stdout": stdout}
+
+
+def _snr_min(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    return min(_snr(a[k], b[k]) for k in b)
+
+
+def core_rows(repo: Path, runtimes: list[str], rounds: int, calls: int,
+              env: dict[str, str]) -> list[dict]:
+    for runtime in runtimes:  # warm-up: exports and compiles land in the caches first
+        _child([sys.executable, __file__, "--core-one", runtime, str(repo), "1"], env)
+    best: dict[str, dict] = {}
+    for rnd in range(rounds):
+        for runtime in runtimes:
+            run = _child([sys.executable, __file__, "--core-one", runtime, str(repo),
+                          str(calls)], env)
+            line = [x for x in run["stdout"].splitlines() if x.startswith("RESULT ")][0]
+            r = json.loads(line[len("RESULT "):])
+            r["segment_s"] = min(r["times"])
+            print(f"round {rnd + 1}: {runtime} {r['segment_s']:.2f} s/segment "
+                  f"(start {r['start_s']:.1f} s)", flush=True)
+            if runtime not in best or r["segment_s"] < best[runtime]["segment_s"]:
+                best[runtime] = r
+    outs = {k: dict(np.load(v["out"])) for k, v in best.items()}
+    ref_name = "torch-fp32" if "torch-fp32" in outs else runtimes[0]
+    rows = []
+    for runtime in runtimes:
+        r = best[runtime]
+        rows.append({"runtime": runtime, "segment_s": r["segment_s"], "start_s": r["start_s"],
+                     "vs_ref": best[ref_name]["segment_s"] / r["segment_s"],
+                     "snr_vs_ref": None if runtime == ref_name else
+                     _snr_min(outs[runtime], outs[ref_name]), "ref": ref_name})
+    return rows
+
+
+# --- whole processes: the demucs command against demixer separate ------------------------
+
+CLI_MODES = {
+    # name: demixer separate flags
+    "exact": ["--backend", "torch"],
+    "fast": ["--backend", "torch", "--precision", "bf16"],
+    "openvino": ["--backend", "openvino"],
+    "openvino-bf16": ["--backend", "openvino", "--precision", "bf16"],
+    "onnxruntime": ["--backend", "onnxruntime"],
+}
+
+
+def _cli_args(mode: str, repo: Path, song: Path, out: Path, float32: bool) -> list[str]:
+    depth = ["--float32"] if float32 else []
+    if mode == "demucs":
+        return [sys.executable, "-m", "demucs", "-n", MODEL, "--repo", str(repo), "--shifts",
+                "0", "--overlap", "0.25", "-o", str(out), *depth, str(song)]
+    return [sys.executable, "-m", "engine.cli", "separate", str(song), "-n", MODEL, "--repo",
+            str(repo), "--shifts", "0", "--overlap", "0.25", "-o", str(out), "--overwrite",
+            *depth, *CLI_MODES[mode]]
+
+
+def _stems(out: Path, song: Path) -> dict[str, np.ndarray]:
+    import soundfile as sf
+
+    folder = out / MODEL / song.stem
+    return {p.stem: sf.read(p, dtype="float32")[0] for p in sorted(folder.glob("*.wav"))}
+
+
+def whole_process_rows(repo: Path, song: Path, modes: list[str], rounds: int,
+                       env: dict[str, str], work: Path, float32: bool = False) -> list[dict]:
+    first: dict[str, float] = {}
+    for mode in modes:  # the first run of an exported runtime exports and compiles
+        first[mode] = _child(_cli_args(mode, repo, song, work / "warm", float32),
+                             env)["wall_s"]
+        print(f"first run: {mode} {first[mode]:.1f} s", flush=True)
+    best: dict[str, dict] = {}
+    stems: dict[str, dict[str, np.ndarray]] = {}
+    for rnd in range(rounds):  # interleaved, so a slow spell of the machine hits everyone
+        for mode in ["demucs", *modes]:
+            out = work / f"out-{mode}"
+            shutil.rmtree(out, ignore_errors=True)
+            r = _child(_cli_args(mode, repo, song, out, float32), env)
+            stems[mode] = _stems(out, song)
+            print(f"round {rnd + 1}: {mode} {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, "
+                  f"{r['peak_rss_mb']:.0f} MB peak", flush=True)
+            if mode not in best or r["wall_s"] < best[mode]["wall_s"]:
+                best[mode] = r
+    d = best["demucs"]["wall_s"]
+    rows = [{"mode": "demucs", **_row(best["demucs"]), "ratio": 1.0}]
+    for mode in modes:
+        rows.append({"mode": mode, **_row(best[mode]), "ratio": d / best[mode]["wall_s"],
+                     "first_run_s": first[mode],
+                     "snr_vs_demucs_min": _snr_min(stems[mode], stems["demucs"])})
+    return rows
+
+
+def _row(r: dict) -> dict:
+    return {k: r[k] for k in ("wall_s", "cpu_s", "peak_rss_mb")}
+
+
+def run_process_benchmarks(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="demixer-bench-"))
+    repo = work / "real"
+    make_test_model(MODEL, repo, seed=0)
+    # a data dir of its own: the exports and compiled models of this run, nobody else's
+    env = {**os.environ, "DEMIXER_HOME": str(work / "home"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    report: dict = {"machine": machine(), "model": MODEL, "rounds": args.repeat}
+    if args.core:
+        report["core"] = core_rows(repo, args.runtimes.split(","), args.repeat, args.calls, env)
+        print_core_table(report["core"])
+    if args.whole_process:
+        song = _music(work / "song.wav", args.seconds)
+        report["seconds"] = args.seconds
+        report["stems"] = "float32" if args.float32 else "int16"
+        report["whole_process"] = whole_process_rows(repo, song, args.cli_modes.split(","),
+                                                     args.repeat, env, work, args.float32)
+        print_whole_process_table(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def print_core_table(rows: list[dict]) -> None:
+    print("\n| runtime (core only) | s / segment | vs torch fp32 | SNR vs torch fp32 | start s |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['runtime']} | {r['segment_s']:.2f} | {r['vs_ref']:.2f}x | "
+              f"{_f(r['snr_vs_ref'])} | {r['start_s']:.1f} |")
+
+
+def print_whole_process_table(report: dict) -> None:
+    print(f"\n{report['seconds']:.0f} s of audio, {report['model']} real architecture, shifts 0, "
+          f"overlap 0.25, {report['stems']} WAV stems; best of {report['rounds']} interleaved "
+          f"rounds\n")
+    print("| command | wall s | x demucs | CPU s | peak RSS MB | first run s | SNR vs demucs |")
+    print("|---|---|---|---|---|---|---|")
+    for r in report["whole_process"]:
+        print(f"| {r['mode']} | {r['wall_s']:.1f} | {r['ratio']:.2f} | {r['cpu_s']:.1f} | "
+              f"{r['peak_rss_mb']:.0f} | {_f(r.get('first_run_s'))} | "
+              f"{_f(r.get('snr_vs_demucs_min'))} |")
+    if report["stems"] == "int16":
+        print("\nSNR of 16-bit stems is bounded by the quantisation: demucs writes x * 32767 "
+              "truncated, demixer x * 32768 rounded; --float32 compares the audio itself.")
 
 
 if __name__ == "__main__":

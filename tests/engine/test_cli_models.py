@@ -158,7 +158,9 @@ def test_doctor_reports_versions_backends_and_audio(monkeypatch: pytest.MonkeyPa
     assert f"Data: {data_dir()}" in out
     if sys.platform != "darwin":
         assert "CoreML prediction: not available (CoreML needs macOS 13 or later" in out
-        assert "auto picks torch" in out
+        assert "Backends here (--backend auto picks among them by calibration): torch fp32 " \
+               "cpu, torch bf16 cpu" in out
+        assert "Not available here: coreml (CoreML prediction needs macOS 13 or later)" in out
     assert "Audio output" in out
     import mlx.core as mx
 
