@@ -411,8 +411,9 @@ def run_clear(args: argparse.Namespace) -> int:
     files = _checkpoint_files() if args.all else []
     size = sum(e.bytes for e in entries) + sum(e.bytes for e in exports) + \
         sum(f.stat().st_size for f in files)
-    what = (f"{len(entries)} converted package(s), {len(exports)} ONNX export(s) with their "
-            f"compiled models" + (f" and {len(files)} checkpoint file(s)" if args.all else ""))
+    what = f"{len(entries)} converted package(s)" + (
+        f", {len(exports)} ONNX export(s) with their compiled models" if exports else "") + (
+        f" and {len(files)} checkpoint file(s)" if args.all else "")
     if not args.yes and not _confirm(f"Remove {what} ({_mb(size)})?"):
         _err("Nothing removed.")
         return 0

@@ -116,7 +116,11 @@ class ONNXRuntimeBackend:
 
     def __init__(self, onnx_path: Path, shapes: CoreShapes, *, batch: int = 1,
                  provider: str = "cpu", threads: int | None = None) -> None:
-        import onnxruntime as ort
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # installed but broken (a missing library)
+            raise DemixerError(f"ONNX Runtime cannot be loaded ({exc}); use --backend "
+                               f"torch.") from exc
 
         self.provider = provider
         self.name = "onnxruntime" if provider == "cpu" else f"onnxruntime-{provider}"

@@ -107,7 +107,10 @@ class OpenVINOBackend:
     def __init__(self, onnx_path: Path, shapes: CoreShapes, *, batch: int = 1,
                  precision: str = "fp32", threads: int | None = None,
                  cache_dir: Path | None = None) -> None:
-        import openvino as ov
+        try:
+            import openvino as ov
+        except ImportError as exc:  # installed but broken (a missing library)
+            raise DemixerError(f"OpenVINO cannot be loaded ({exc}); use --backend torch.") from exc
 
         self.precision = check_precision(precision)
         self.name = "openvino" if precision == "fp32" else f"openvino-{precision}"

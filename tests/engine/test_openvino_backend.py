@@ -160,7 +160,6 @@ def test_a_damaged_compiled_model_is_compiled_again(tiny_repo: Path, tiny_onnx_r
 WARM_START = textwrap.dedent("""
     import sys
     from engine.cli import main
-from engine.convert import ConvertProgress
     rc = main(sys.argv[1:])
     print("RC", rc, "torch" in sys.modules, "demucs" in sys.modules)
 """)
@@ -177,7 +176,8 @@ def test_a_cached_start_imports_no_torch(tiny_repo: Path, tiny_onnx_root: Path, 
                           str(tiny_repo), "-o", str(tmp_path / "out"), "--backend", "openvino",
                           "--shifts", "0", "-j", "1"], capture_output=True, text=True,
                          cwd=REPO_ROOT, check=False, timeout=300)
-    assert run.stdout.strip().splitlines()[-1] == "RC 0 False False", run.stdout + run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert lines and lines[-1] == "RC 0 False False", run.stdout + run.stderr
     assert len(list((tmp_path / "out" / "htdemucs_6s" / "song").glob("*.wav"))) == 6
 
 
