@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtGui import (
     QCloseEvent,
@@ -280,7 +279,6 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
 
     def _on_exported(self, paths: list[Path]) -> None:
         self._update_transport()
-        self.last_export = paths
         if not paths:
             self.statusBar().clearMessage()
             return
@@ -503,6 +501,3 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
             self.track_view.update()
         super().changeEvent(event)
 
-
-def gains_of(window: MainWindow) -> np.ndarray:
-    return window.mixer.gains

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import NoReturn
 
 from engine import __version__
+from engine.cli.models import add_doctor_command, add_models_commands
 from engine.errors import DemixerError
 from engine.names import printable
 
-SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor", "bench")
+SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor")
 
 
 def _no_lines() -> list[str]:
@@ -138,13 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_separate(sub)
     _add_make_test_model(sub)
-    try:
-        from engine.cli.models import add_doctor_command, add_models_commands
-    except ImportError:  # pragma: no cover - the models commands land with the CoreML work
-        pass
-    else:
-        add_models_commands(sub)
-        add_doctor_command(sub)
+    add_models_commands(sub)
+    add_doctor_command(sub)
     return parser
 
 
