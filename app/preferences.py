@@ -29,7 +29,8 @@ from engine.backends import coreml_supported
 from engine.writers import MP3_BITRATES
 
 if TYPE_CHECKING:
-    from app.models import ModelKey, SeparationService
+    from app.protocol import ModelKey
+    from app.service import SeparationService
 
 BACKEND_TITLES = {"auto": "Automatic (the fastest that passes the quality here)",
                   "coreml": "Core ML", "torch": "PyTorch (CPU)"}
@@ -78,7 +79,7 @@ class PreferencesDialog(QDialog):
                                 "the stems must be; Automatic picks the fastest backend "
                                 "that is, as measured on this computer.")
         if model_key is None:
-            from app.models import ModelKey
+            from app.protocol import ModelKey
 
             model_key = ModelKey(settings.model, quality=settings.quality)
         self.calibration = CalibrationPanel(model_key, service)
