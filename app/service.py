@@ -40,7 +40,8 @@ def needs_setup(name: str) -> bool:
 
 class LiveProgress:
     """How far a running separation's stems are final. NB: `ready_frames` is a plain int,
-    raised by the reader thread as messages arrive; the feeder and peaks threads read it."""
+    raised by the reader thread as messages arrive; the feeder and peaks threads read it (the
+    ready mark's hand-overs and why they are safe: docs/architecture.md, "The ready mark")."""
 
     def __init__(self) -> None:
         self.ready_frames = 0
