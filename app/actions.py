@@ -27,9 +27,10 @@ from app.icons import transport_icon
 from app.mixer import Mixer
 from app.queue import SeparationQueue
 from app.reveal import reveal_title
-from app.settings import MODELS, Settings
+from app.settings import Settings
 from app.trackview import TrackView
 from engine.catalogue import get_entry
+from engine.options import MODELS
 
 SEEK_S = 5.0
 FINE_SEEK_S = 1.0

@@ -39,6 +39,7 @@ from engine.backends import Backend
 from engine.candidates import Candidate, library_versions, machine_candidates, machine_identity
 from engine.errors import CancelFlag, Cancelled, DemixerError, check_cancel
 from engine.excerpt import excerpt
+from engine.options import QUALITIES, QUALITY_GATES
 from engine.separator import SeparationOptions, Separator
 from engine.shapes import CoreShapes
 from engine.store import data_dir, data_subdir
@@ -46,8 +47,7 @@ from engine.store import data_dir, data_subdir
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
-QUALITIES = ("default", "exact", "fast")
-GATES = {"exact": 70.0, "default": 60.0, "fast": 40.0}  # worst-stem SNR, dB
+GATES = QUALITY_GATES  # worst-stem SNR, dB
 CALIBRATION_VERSION = 1  # bump when the measurement changes: it is part of the cache key
 TIMED_CALLS = 2
 CRASHED = ("stopped Demixer during an earlier calibration (a crash in its runtime); "

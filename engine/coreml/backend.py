@@ -37,11 +37,11 @@ from engine.coreml.convert import (
     shapes_from_metadata,
 )
 from engine.errors import CancelFlag, DemixerError
+from engine.options import COMPUTE_UNITS
 
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
-COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 FALLBACK_UNITS = "cpu_and_gpu"
 
 
