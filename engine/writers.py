@@ -105,6 +105,17 @@ class OutputFormat:
                                f"{', '.join(map(str, MP3_RATES))} Hz, or WAV/FLAC.")
 
 
+def export_rate(fmt: OutputFormat, source: tuple[int, int], model: tuple[int, int],
+                keep_model_rate: bool = False) -> tuple[int, int]:
+    """The one rule for the rate and exact length stems are written at (the CLI's job and
+    the app's export): the song's own (`source` = (rate, frames)), or the model's with
+    `keep_model_rate`, lowered to a rate the format carries (`rate_for`: MP3 turns 96 kHz
+    into 48 kHz) with the length to match: (rate, frames)."""
+    rate, frames = model if keep_model_rate else source
+    out_rate = fmt.rate_for(rate)
+    return out_rate, resampled_length(frames, rate, out_rate)
+
+
 # ---------------------------------------------------------------- signal ------------------
 
 @dataclass(frozen=True)
