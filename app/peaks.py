@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.track import TrackAudio
+from engine.atomicio import write_atomic
 
 BASE_FRAMES = 64
 FACTOR = 4
@@ -110,10 +111,9 @@ def save_all(peaks: list[Peaks], path: Path) -> None:
         arrays[f"{i}_frames"] = np.array(p.frames)
         arrays[f"{i}_valid"] = np.array(p.valid_frames)
         arrays.update({f"{i}_level{k}": a for k, a in enumerate(p.levels)})
-    tmp = path.with_name(path.name + ".tmp.npz")
     arrays["lanes"] = np.array(len(peaks))
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub fears 'allow_pickle'
-    tmp.replace(path)
+    # numpy's stub fears 'allow_pickle' among the arrays' names
+    write_atomic(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def load_all(path: Path, lanes: int, frames: int) -> list[Peaks] | None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 import yaml
 
+from engine.atomicio import write_text_atomic
 from engine.catalogue import CheckpointEntry, ModelEntry, get_entry
 from engine.download import DownloadProgress, digest_matches, download_file, file_sha256
 from engine.errors import CancelFlag, ChecksumError, DemixerError, ModelUnavailableError
@@ -295,9 +296,7 @@ def _write_bag_yaml(entry: ModelEntry, folder: Path) -> None:
     target = folder / f"{entry.name}.yaml"
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return
-    temp = target.with_suffix(".yaml.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, target)  # atomic: demucs never reads half a file
+    write_text_atomic(target, text)  # demucs never reads half a file
 
 
 def _resolve_official(entry: ModelEntry, download: bool,

@@ -34,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.atomicio import fsync_path, write_text_atomic
 from engine.coreml.convert import (
     CONVERSION_VERSION,
     DEFAULT_OPTIONS,
@@ -255,18 +256,10 @@ def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: CancelFlag | N
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """Flush every file and folder under `path` to disk before it is published."""
     for item in sorted(path.rglob("*"), reverse=True) + [path]:
-        _fsync(item)
+        fsync_path(item)
 
 
 def _discard(path: Path) -> None:
@@ -297,11 +290,7 @@ def _write_manifest(tmp: Path, key: CacheKey, metadata: dict[str, str], seconds:
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "files": files,
     }
     _fsync_tree(tmp)
-    staged = tmp / (MANIFEST + ".partial")
-    staged.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    _fsync(staged)
-    os.replace(staged, tmp / MANIFEST)  # the manifest is complete or absent
-    _fsync(tmp)
+    write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1))  # complete or absent
     return manifest
 
 
@@ -315,7 +304,7 @@ def _publish(tmp: Path, entry: Path, key: CacheKey) -> bool:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         return False
-    _fsync(entry.parent)  # make the rename itself durable
+    fsync_path(entry.parent)  # make the rename itself durable
     return True
 
 
