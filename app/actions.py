@@ -127,15 +127,7 @@ class WindowActions(_Window):
         bar.setMovable(False)
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         bar.addAction(self.open_action)
-        self.model_box = QComboBox()
-        for name in MODELS:
-            self.model_box.addItem(get_entry(name).title, name)
-        self.model_box.setCurrentIndex(max(0, self.model_box.findData(self.settings.model)))
-        self.model_box.setToolTip("Model for the songs you add next")
-        self.model_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.two_stems_box = QCheckBox("Vocals + instrumental only")
-        self.two_stems_box.setChecked(self.settings.two_stems)
-        self.two_stems_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self._model_boxes()
         bar.addWidget(self.model_box)
         bar.addWidget(self.two_stems_box)
         bar.addSeparator()
@@ -161,6 +153,18 @@ class WindowActions(_Window):
         bar.addAction(self.export_action)
         self.addToolBar(bar)
         self.toolbar = bar
+
+    def _model_boxes(self) -> None:
+        """The model for the songs added next, and the two-stem switch."""
+        self.model_box = QComboBox()
+        for name in MODELS:
+            self.model_box.addItem(get_entry(name).title, name)
+        self.model_box.setCurrentIndex(max(0, self.model_box.findData(self.settings.model)))
+        self.model_box.setToolTip("Model for the songs you add next")
+        self.model_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.two_stems_box = QCheckBox("Vocals + instrumental only")
+        self.two_stems_box.setChecked(self.settings.two_stems)
+        self.two_stems_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
 
     def _build_menus(self) -> None:
         menus = self.menuBar()
