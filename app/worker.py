@@ -49,7 +49,6 @@ if TYPE_CHECKING:
     from engine.job import JobEvent, SeparationJob
     from engine.separator import Separator
 
-Message = Request | News
 POLL_S = 0.05
 WORKER_NICE = 10
 
