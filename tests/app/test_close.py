@@ -33,8 +33,9 @@ FRAMES = 300_000
 class Watch:
     """Counts reads in progress on one track and notes every read or close out of order."""
 
-    def __init__(self, track: TrackAudio) -> None:
+    def __init__(self, track: TrackAudio, first_read_s: float = 0.0003) -> None:
         self.track, self.reading, self.closed = track, 0, False
+        self.delays = [first_read_s]
         self.problems: list[str] = []
         self.lock = threading.Lock()
         read, close = track.read_lane_into, track.close
@@ -44,7 +45,7 @@ class Watch:
                 if self.closed:
                     self.problems.append("read after close")
                 self.reading += 1
-            time.sleep(0.0003)  # widen the window a close could fall in
+            time.sleep(self.delays.pop() if self.delays else 0.0003)  # widen the window
             read(lane, start, out, scratch)
             with self.lock:
                 self.reading -= 1
@@ -115,6 +116,30 @@ def test_closing_a_song_while_the_feeder_reads_it(folder: Path,
         mixer.stop_feeder()
     assert thread_errors == []
     assert during >= ROUNDS // 2, f"only {during} closes fell during a read"
+
+
+@pytest.mark.parametrize("what", ["feeder", "peaks"])
+def test_a_close_waits_for_a_slow_read(folder: Path, thread_errors: list[Any],
+                                       what: str) -> None:
+    """A read that takes longer than any fixed wait (a disk that stalls: 2.5 s here) still
+    ends before the close, not after (the mixer used to give up after 0.5 s, the builder's
+    stop after 2 s)."""
+    watch = Watch(open_track(folder), first_read_s=2.5)
+    mixer, builder = Mixer(), PeakBuilder(watch.track)
+    if what == "feeder":
+        mixer.start_feeder()
+        mixer.load(watch.track)
+    else:
+        builder.start()
+    wait_a_moment(watch, 1, random.Random(0))
+    assert watch.reading
+    if what == "feeder":
+        mixer.release(watch.track)
+    else:
+        builder.stop()
+    watch.track.close()
+    mixer.stop_feeder()
+    assert watch.problems == [] and thread_errors == []
 
 
 def test_closing_a_song_while_its_peaks_build(folder: Path,
