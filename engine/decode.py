@@ -484,8 +484,8 @@ class _StereoSink:
 
 # ---------------------------------------------------------------- decode ------------------
 
-def _pump(source: _Source, sink: _StereoSink, samplerate: int, path: Path,
-          cancel: CancelFlag | None, progress: Callable[[float], None] | None) -> int:
+def _decode_blocks(source: _Source, sink: _StereoSink, samplerate: int, path: Path,
+                   cancel: CancelFlag | None, progress: Callable[[float], None] | None) -> int:
     """Source blocks -> stereo -> resampled -> sink. Returns the source frames decoded."""
     resampler = StreamResampler(source.rate, samplerate, 2)
     done = 0
@@ -507,7 +507,7 @@ def _decode_with(open_source: Callable[[Path], AbstractContextManager[_Source]],
     with open_source(path) as source:
         sink = _StereoSink(workdir)
         try:
-            frames = _pump(source, sink, samplerate, path, cancel, progress)
+            frames = _decode_blocks(source, sink, samplerate, path, cancel, progress)
             _check_complete(path, frames, source)
             target = resampled_length(frames, source.rate, samplerate)
             if target == 0:

@@ -263,7 +263,7 @@ def _copy(response: http.client.HTTPResponse, out_path: Path, start: int,
     watchdog = _Watchdog(response, job, start)
     try:
         with out:
-            return _pump(response, out, start, total, job, watchdog)
+            return _read_body(response, out, start, total, job, watchdog)
     except (OSError, http.client.HTTPException, ValueError):
         if watchdog.reason is None:
             raise
@@ -276,8 +276,8 @@ def _copy(response: http.client.HTTPResponse, out_path: Path, start: int,
             raise _Stalled(watchdog.reason)
 
 
-def _pump(response: http.client.HTTPResponse, out: BinaryIO, start: int, total: int | None,
-          job: _Job, watchdog: _Watchdog) -> int:
+def _read_body(response: http.client.HTTPResponse, out: BinaryIO, start: int,
+               total: int | None, job: _Job, watchdog: _Watchdog) -> int:
     done, fresh, began = start, 0, time.monotonic()
     while True:
         # NB: a cancel leaves the .part on disk for a later resume
