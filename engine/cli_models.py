@@ -549,6 +549,6 @@ def run_doctor(args: argparse.Namespace) -> int:
              _torch_line(), *_coreml_lines(), _mlx_line(),
              *_runtime_lines(), *backend_lines(),
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
-             *_audio_lines(), _window_line(), *doctor_lines()]
+             *_audio_lines(), *doctor_lines(), _window_line()]
     print("\n".join(lines))
     return 0
