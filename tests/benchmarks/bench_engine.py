@@ -452,6 +452,8 @@ def core_rows(repo: Path, runtimes: list[str], rounds: int, calls: int,
 
 CLI_MODES = {
     # name: demixer separate flags
+    "auto": [],  # what a user gets: the calibrated choice for the default quality
+    "auto-fast": ["--quality", "fast"],  # ... and for the fast quality
     "exact": ["--backend", "torch"],
     "fast": ["--backend", "torch", "--precision", "bf16"],
     "openvino": ["--backend", "openvino"],
