@@ -7,6 +7,9 @@ bin (1.5 ms at 44.1 kHz), the top level 65,536 frames; drawing any zoom reduces 
 
 NB: threads. One builder thread appends; it fills bins past `valid_frames`, then raises
 `valid_frames` (a plain int store, atomic in CPython). Readers use only bins below it.
+`PeakBuilder.stop` is deterministic: it takes the lock the builder holds around each step, so
+once it returns no read of the track runs or can start and the track may be closed. The
+threads: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.track import TrackAudio
+from engine.atomicio import write_atomic
 
 BASE_FRAMES = 64
 FACTOR = 4
@@ -107,10 +111,9 @@ def save_all(peaks: list[Peaks], path: Path) -> None:
         arrays[f"{i}_frames"] = np.array(p.frames)
         arrays[f"{i}_valid"] = np.array(p.valid_frames)
         arrays.update({f"{i}_level{k}": a for k, a in enumerate(p.levels)})
-    tmp = path.with_name(path.name + ".tmp.npz")
     arrays["lanes"] = np.array(len(peaks))
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub fears 'allow_pickle'
-    tmp.replace(path)
+    # numpy's stub fears 'allow_pickle' among the arrays' names
+    write_atomic(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def load_all(path: Path, lanes: int, frames: int) -> list[Peaks] | None:
@@ -138,6 +141,7 @@ class PeakBuilder:
         self.peaks = peaks or [Peaks(track.frames) for _ in track.lanes]
         self.on_complete = on_complete
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # NB: held around each step; `stop` takes it
         self._block = np.zeros((BUILD_BLOCK, track.channels), np.float32)
         self._scratch = np.zeros_like(self._block)
         self._thread: threading.Thread | None = None
@@ -153,9 +157,13 @@ class PeakBuilder:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop building; on return the builder reads the track no more (see module NB)."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(2.0)
+        if self._thread is None or self._thread is threading.current_thread():
+            return
+        with self._lock:  # a step in progress ends first; the next sees `_stop` and quits
+            pass
+        self._thread.join(2.0)  # only the pause or the saving of finished peaks remains
 
     def step(self) -> bool:
         """Append one block to each lane that has new ready audio; whether any was added."""
@@ -173,11 +181,11 @@ class PeakBuilder:
         return worked
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
                 worked = self.step()
-            except (OSError, ValueError, IndexError):  # the track was closed under us
-                return
             if self.complete:
                 if self.on_complete is not None:
                     self.on_complete(self.peaks)

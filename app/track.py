@@ -73,7 +73,8 @@ class TrackAudio:
     descriptors, so a job discarding its stems cannot pull them away mid-read). `progress`
     is whatever raises `ready_frames` while the song separates (the job's own buffers), or
     None when the stems are complete.
-    NB: threads. `ready_frames` is a plain int read; the stems below it are never rewritten.
+    NB: threads. `ready_frames` is a plain int read; the stems below it are never rewritten
+    (the whole argument: docs/architecture.md, "The ready mark").
     """
 
     def __init__(self, title: str, stems: StemBuffers, mix: StemBuffers, lanes: list[Lane],

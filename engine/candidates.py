@@ -26,19 +26,19 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.backends import Backend, TorchBackend, coreml_supported
+from engine.errors import CancelFlag
 
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
 # build(bag, resolved, convert_progress, cancel) -> one backend per bag member
 BuildFn = Callable[[Any, "ResolvedModel", Callable[[Any], None] | None,
-                    threading.Event | None], list[Backend]]
+                    CancelFlag | None], list[Backend]]
 LIBRARIES = ("torch", "coremltools", "mlx", "openvino", "onnxruntime")
 REFERENCE = ("torch", "fp32", "cpu")
 
@@ -103,8 +103,8 @@ COREML_UNITS = ("all", "cpu_and_gpu", "cpu_and_ne")
 def _coreml_build(precision: str, units: str) -> BuildFn:
     def build(bag: Any, resolved: ResolvedModel, progress: Any,
               cancel: Any) -> list[Backend]:  # pragma: no cover - macOS only
-        from engine.convert import ConvertOptions
-        from engine.coreml_backend import coreml_backends_for
+        from engine.coreml.backend import coreml_backends_for
+        from engine.coreml.convert import ConvertOptions
 
         # bag=None: a conversion loads pristine checkpoints (the torch candidates have
         # swapped some layers' forwards for faster forms, which must not be traced).

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +25,7 @@ import numpy as np
 from engine import stft
 from engine.backends import Backend
 from engine.chunking import Chunk, Pass, draw_shift_offsets, plan, triangle_weight
-from engine.errors import Cancelled, DemixerError
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.overlap_add import Combiner, PassAccumulator
 from engine.shapes import CoreShapes
 from engine.stembuffers import StemBuffers, read_track_window
@@ -164,7 +163,7 @@ class Separator:
         return starts
 
     def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
-                 cancel: threading.Event | None = None,
+                 cancel: CancelFlag | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  offsets: Sequence[int] | None = None,
                  on_notice: Callable[[str], None] | None = None) -> None:
@@ -194,7 +193,7 @@ class Separator:
             self._set_notice_handler(None)  # the next job brings its own
 
     def _run(self, passes: list[Pass], audio: np.ndarray, stats: tuple[float, float],
-             sink: StemBuffers, cancel: threading.Event | None,
+             sink: StemBuffers, cancel: CancelFlag | None,
              on_progress: Callable[[Progress], None] | None) -> None:
         """The chunk loop of `separate`, from where `sink` says the stems are final."""
         mean, std = stats
@@ -206,12 +205,12 @@ class Separator:
         with ThreadPoolExecutor(1, thread_name_prefix="demixer-post") as post:
             pending: Future[None] | None = None
             while not cursor.done:
-                _check(cancel)
+                check_cancel(cancel)
                 backend, batch = self._next_batch(cursor)
                 raw = self._predict(backend, batch, audio, scale)
                 if pending is not None:
                     pending.result()  # re-raises a post-stage error here
-                _check(cancel)  # the chunk just finished may have been the one that cancelled
+                check_cancel(cancel)  # the chunk just finished may have been the one that cancelled
                 if not overlap_post or finisher.first_region:
                     finisher.finish(batch, raw)  # (nothing is pending: all so far ran here)
                 else:
@@ -289,11 +288,6 @@ def _threads(backend: Backend) -> int | None:
         return int(own)
     torch = sys.modules.get("torch")
     return torch.get_num_threads() if torch is not None else None
-
-
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
 
 
 class _Cursor:

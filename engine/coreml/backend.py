@@ -1,4 +1,4 @@
-"""`CoreMLBackend`: the converted core (engine.convert, engine.coreml_cache) on macOS 13+.
+"""`CoreMLBackend`: the converted core (engine.coreml.convert, engine.coreml.cache) on macOS 13+.
 
 Implements the `engine.backends.Backend` protocol with coremltools's `MLModel` (or the
 `CompiledMLModel` of the cached `.mlmodelc`):
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.backends import coreml_supported
-from engine.convert import (
+from engine.coreml.cache import CachedPackage, ensure_model_packages
+from engine.coreml.convert import (
     COMPILED_NAME,
     DEFAULT_OPTIONS,
     META_PREFIX,
@@ -35,13 +36,12 @@ from engine.convert import (
     read_metadata,
     shapes_from_metadata,
 )
-from engine.coreml_cache import CachedPackage, ensure_model_packages
-from engine.errors import DemixerError
+from engine.errors import CancelFlag, DemixerError
+from engine.options import COMPUTE_UNITS
 
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
-COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 FALLBACK_UNITS = "cpu_and_gpu"
 
 
@@ -171,7 +171,7 @@ class CoreMLBackend:
 def coreml_backends_for(bag: Any, resolved: ResolvedModel, *, compute_units: str = "all",
                         options: ConvertOptions = DEFAULT_OPTIONS,
                         convert_progress: ProgressCallback | None = None,
-                        cancel: threading.Event | None = None,
+                        cancel: CancelFlag | None = None,
                         fallback: bool = True) -> list[CoreMLBackend]:
     """One backend per member of `bag` (loaded from `resolved`), converting on first use.
 
