@@ -155,3 +155,21 @@ def test_loop_with_speed_and_pitch_stays_in_the_loop(tone_track: TrackAudio) -> 
     assert wraps(heads) >= 1
     assert moving_rms(out).min() > 0.2
     assert abs(peak_hz(out[RATE // 4:]) - 440 * 2 ** (-3 / 12)) < 1.5
+
+
+def test_export_applies_the_practice_speed_and_pitch(tone_track: TrackAudio,
+                                                     tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from app.export import at_rate, plan_mix, write_file
+    from engine.writers import OutputFormat
+
+    fmt = OutputFormat()
+    mix = plan_mix(tone_track, [1.0, 1.0, 1.0, 1.0, 0.0], tmp_path, fmt)
+    assert mix is not None
+    (file,) = at_rate([mix], Rate(0.8, 2.0))
+    assert file.path.name == "growing (full mix) (80 %, +2 st).wav"
+    audio, rate = sf.read(write_file(tone_track, file, fmt), dtype="float32")
+    assert rate == RATE and audio.shape[0] == round(SECONDS * RATE * 1.25)
+    assert abs(peak_hz(audio[RATE:3 * RATE, 0]) - 493.88) < 1.0
+    assert at_rate([mix], Rate()) == [mix]  # at 100 %, 0 st the file is the plain mix
