@@ -179,6 +179,8 @@ class Mixer:
             return p
         if p < end:  # NB: slots below end were written before end was published
             return int(s.src_of[p % RING_FRAMES])
+        if s.shaper.exhausted:  # played to the end (stretched: the last frame's source
+            return s.track.frames  # may round to just before it)
         return int(s.src_of[(end - 1) % RING_FRAMES]) + 1
 
     @property
@@ -284,7 +286,7 @@ class Mixer:
             return
         gen = s.seek_gen
         if gen != s.play_gen:
-            s.position = s.seek_to
+            s.position = s.reading_to = s.seek_to
             s.play_gen = gen
         self._start_fade()
         if self._fade_to == 0.0 and self._fade_pos >= RAMP_FRAMES:

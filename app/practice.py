@@ -159,6 +159,13 @@ class Shaper:
         stretch.prime(pre)
 
     @property
+    def exhausted(self) -> bool:
+        """Everything of the song has been produced (no loop holds the reader back).
+        NB: read by the GUI thread; plain attribute reads."""
+        done = self.track.complete and self.reader.pos >= self.track.frames
+        return done and (self._stretch is None or (self._flushed and not self._stretch.available))
+
+    @property
     def next_source(self) -> int:
         """The song frame the next produced frame will play."""
         if self._stretch is None or not len(self._queue):

@@ -26,7 +26,9 @@ from app.library import Damaged, LibraryEntry
 from app.queue import QueueItem, SeparationQueue, State, format_eta
 from app.queue_eta import total_eta
 from app.reveal import reveal_title
+from app.settings import MODELS
 from app.timeline import format_time
+from engine.catalogue import get_entry
 
 
 def _button(text: str, tip: str) -> QToolButton:
@@ -163,6 +165,7 @@ class LibraryView(QListWidget):
     revealRequested = Signal(object)
     deleteRequested = Signal(object)
     damagedRequested = Signal(object)  # app.library.Damaged: delete or keep?
+    separateRequested = Signal(object, str)  # LibraryEntry, model name: separate it again
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -252,7 +255,19 @@ class LibraryView(QListWidget):
             action = QAction(text, menu)
             action.triggered.connect(lambda _=False, s=signal: s.emit(entry))
             menu.addAction(action)
+        menu.insertMenu(menu.actions()[2], self._again_menu(entry, menu))
         menu.popup(self.viewport().mapToGlobal(pos))
+
+    def _again_menu(self, entry: LibraryEntry, parent: QMenu) -> QMenu:
+        """"Separate Again With ▸" every model (the one it was made with is marked)."""
+        again = QMenu("Separate Again With", parent)
+        for name in MODELS:
+            action = QAction(get_entry(name).title + (" (this one)" if name == entry.model
+                                                      else ""), again)
+            action.triggered.connect(
+                lambda _=False, n=name: self.separateRequested.emit(entry, n))
+            again.addAction(action)
+        return again
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         entry = self.current_entry()

@@ -173,3 +173,18 @@ def test_export_applies_the_practice_speed_and_pitch(tone_track: TrackAudio,
     assert rate == RATE and audio.shape[0] == round(SECONDS * RATE * 1.25)
     assert abs(peak_hz(audio[RATE:3 * RATE, 0]) - 493.88) < 1.0
     assert at_rate([mix], Rate()) == [mix]  # at 100 %, 0 st the file is the plain mix
+
+
+def test_stretched_playback_reaches_the_end_and_a_change_after_a_seek_back_is_heard(
+        tone_track: TrackAudio) -> None:
+    frames = SECONDS * RATE
+    mixer = started(tone_track, Practice(rate=Rate(0.8, 0.0)), at=frames - RATE // 2)
+    out, heads = play(mixer, RATE)
+    assert heads[-1] == frames  # the window sees the end (and stops there)
+    assert np.abs(out[-2048:]).max() == 0.0
+    mixer.seek(RATE)  # back to 1 s, then transpose: heard within 100 ms of the change
+    play(mixer, RATE // 4)
+    mixer.set_practice(Practice(rate=Rate(0.8, 2.0)))
+    out, _ = play(mixer, RATE // 2)
+    after = int(0.1 * RATE)
+    assert abs(peak_hz(out[after:after + 8192]) - 493.88) < 2.0
