@@ -56,3 +56,52 @@ def test_shaped_means_muted_or_soloed_otherwise_than_by_default() -> None:
     assert SongMix(lanes={"bass": LaneMix(mute=True)}).shaped(lanes)
     assert SongMix(lanes={"mix": LaneMix(mute=False)}).shaped(lanes)
     assert SongMix(lanes={"vocals": LaneMix(solo=True)}).shaped(lanes)
+
+
+def test_keeper_restores_the_mix_when_the_song_is_reopened(qtbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from PySide6.QtWidgets import QWidget
+
+    from app.mixer import Mixer
+    from app.practicebar import PracticeController
+    from app.songstate import SongMixKeeper
+    from app.trackview import TrackView
+
+    library = Library(tmp_path / "lib")
+    make_entry(library, "Solo", stems_audio(5 * 44100))
+    window = QWidget()
+    qtbot.addWidget(window)
+    view, mixer = TrackView(window), Mixer()
+    view.gainsChanged.connect(mixer.set_gains)
+    practice = PracticeController(view.timeline, mixer, window)
+    keeper = SongMixKeeper(view, practice)
+
+    def open_song() -> None:
+        (entry,) = library.entries()
+        track = entry.open_track()
+        view.set_track(track)
+        mixer.load(track, list(view.gains()))
+        keeper.opened(track, [entry])
+
+    open_song()
+    assert keeper.current() == SongMix(lanes={k: LaneMix(mute=k == "mix") for k in
+                                              ("drums", "bass", "other", "vocals", "mix")})
+    view.toggle(3, solo=True)
+    view.headers[1].volume.setValue(50)
+    view.timeline.loopRequested.emit(3 * 44100, 44100)  # dragged right to left on the ruler
+    practice.bar.speed.setValue(80)
+    practice.bar.pitch.setValue(-2)
+    assert keeper.timer.isActive()  # saved a second after the last change...
+    kept = keeper.current()
+    assert keeper.shaped()
+    keeper.closed()  # ...or at once when the song closes
+    assert mixer.track is not None
+    mixer.track.close()
+    open_song()
+    assert keeper.current() == kept
+    assert kept.loop == (44100, 3 * 44100) and kept.rate == Rate(0.8, -2.0)
+    assert mixer.practice.loop == Loop(44100, 3 * 44100)
+    assert mixer.practice.rate == Rate(0.8, -2.0)
+    assert view.timeline.loop == (44100, 3 * 44100)
+    assert mixer.gains.tolist() == [0, 0, 0, 1, 0]
+    assert mixer.track is not None
+    mixer.track.close()
