@@ -209,6 +209,7 @@ class TrackView(QWidget):
         head.addWidget(self.title)
         head.addSpacing(12)
         head.addWidget(self.info, 1)
+        self.head = head
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 6)
         layout.addLayout(head)
@@ -270,6 +271,10 @@ class TrackView(QWidget):
         self.timeline.set_width(max(1, self.waves[0].width()))
         self.poll()
         self._emit_gains()
+
+    def add_to_head(self, widget: QWidget) -> None:
+        """A control beside the song's title (the practice controls)."""
+        self.head.addWidget(widget)
 
     def set_info(self, text: str) -> None:
         self.info.setText(text)
