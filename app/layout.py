@@ -3,8 +3,9 @@ toolbar drops its longer labels before anything goes behind "»".
 
 Widths measured with the window at 800×500 (tests/app/test_layout.py): below NARROW_PX the
 toolbar shows icons only for Open and Export, "Vocals + instrumental only" becomes "2 stems"
-and the model box gets narrower; below FOLD_PX the sidebar collapses unless the person opened
-it again at that size.
+and the model box gets narrower; making the window narrower than FOLD_PX collapses the sidebar
+(wider again brings it back); a window shown at a small size keeps the sidebar it was left
+with, and opening it again at that size sticks.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ class Responsive(QObject):
         self.sidebar_action.blockSignals(False)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if watched is self.window and event.type() == QEvent.Type.Resize:
+        if watched is self.window and event.type() == QEvent.Type.Show:
+            self.small = self.window.width() < FOLD_PX  # as restored: the person's layout
+            self.adapt(self.window.width())
+        elif watched is self.window and event.type() == QEvent.Type.Resize and \
+                self.window.isVisible():
             self.adapt(self.window.width())
         return False
 
