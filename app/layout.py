@@ -51,14 +51,20 @@ class Responsive(QObject):
         window.installEventFilter(self)
 
     def sidebar_shown(self) -> bool:
-        return self.splitter.sizes()[0] > 0
+        side = self.splitter.widget(0)
+        return side is not None and not side.isHidden() and self.splitter.sizes()[0] > 0
 
     def show_sidebar(self, on: bool) -> None:
-        if on == self.sidebar_shown():
+        """Hidden, not only squeezed: a hidden sidebar's minimum width no longer holds the
+        window wider than 800 px."""
+        side = self.splitter.widget(0)
+        if side is None or on == self.sidebar_shown():
             return
         total = sum(self.splitter.sizes())
-        side = min(SIDEBAR_PX, total // 3) if on else 0
-        self.splitter.setSizes([side, max(0, total - side)])
+        side.setVisible(on)
+        if on:
+            width = min(SIDEBAR_PX, total // 3)
+            self.splitter.setSizes([width, max(0, total - width)])
         self._sync_action()
 
     def _sync_action(self) -> None:
@@ -69,7 +75,11 @@ class Responsive(QObject):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if watched is self.window and event.type() == QEvent.Type.Show:
             self.small = self.window.width() < FOLD_PX  # as restored: the person's layout
+            side = self.splitter.widget(0)
+            if side is not None and self.splitter.sizes()[0] == 0:
+                side.hide()  # restored folded: hidden, so it does not hold the width
             self.adapt(self.window.width())
+            self._sync_action()
         elif watched is self.window and event.type() == QEvent.Type.Resize and \
                 self.window.isVisible():
             self.adapt(self.window.width())

@@ -44,7 +44,6 @@ class PracticeBar(QWidget):
         row.setContentsMargins(4, 0, 4, 0)
         row.setSpacing(4)
         row.addWidget(self.loop)
-        row.addSpacing(6)
         for label, box in (("Speed", self.speed), ("Pitch", self.pitch)):
             row.addWidget(QLabel(label))
             row.addWidget(box)
@@ -72,6 +71,7 @@ class PracticeController(QObject):
         self.looping = False
         self.menu = QMenu("&Practice", parent)
         self.loop_action = self._action("Loop A–B", "L", self.toggle_loop, checkable=True)
+        self.loop_action.setIconText("Loop")  # the button; the menu says "Loop A–B"
         self.loop_action.setToolTip("Loop between A and B (L); set them with I and O, or "
                                     "drag on the ruler")
         self.menu.addAction(self._action("Set Loop Start (A) Here", "I", self.set_a))

@@ -192,6 +192,8 @@ class TrackView(QWidget):
         self.title.setStyleSheet("font-size: 17px; font-weight: 600;")
         self.info = QLabel()
         self.info.setStyleSheet("color: palette(mid);")
+        for label in (self.title, self.info):  # a long title is cut, never widens the window
+            label.setMinimumWidth(24)
         self.ruler = RulerWidget(self.timeline)
         self.scroll_bar = QScrollBar(Qt.Orientation.Horizontal)
         self.scroll_bar.valueChanged.connect(self._on_scroll)
@@ -252,6 +254,7 @@ class TrackView(QWidget):
         """Show `track` with its lanes (peaks may still be filling); None empties the view."""
         self.track = track
         self.title.setText(track.title if track else "")
+        self.title.setToolTip(track.title if track else "")
         self.info.setText(info)
         lanes = track.lanes[:MAX_LANES] if track else []
         self.peaks = (peaks or [Peaks(track.frames) for _ in lanes]) if track else []

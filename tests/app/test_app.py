@@ -63,6 +63,8 @@ def test_settings_and_window_state_persist(make_window, settings, qtbot) -> None
     window.model_box.setCurrentIndex(window.model_box.findData("htdemucs_ft"))
     window.two_stems_box.setChecked(True)
     window.resize(700, 560)  # within the offscreen screen (800 x 600): restore clamps to it
+    qtbot.waitUntil(lambda: window.splitter.sizes()[0] == 0, timeout=2000)  # folded...
+    window.responsive.sidebar_action.trigger()  # ...and the person opened it again
     window.splitter.setSizes([300, 400])
     window.close()
     store = QSettings(settings.store.fileName(), QSettings.Format.IniFormat)
