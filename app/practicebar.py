@@ -16,8 +16,15 @@ from app.stretch import SEMITONE_RANGE, SPEED_RANGE, Rate
 from app.timeline import Timeline
 
 
-def _spin(low: int, high: int, suffix: str, tip: str) -> QSpinBox:
-    box = QSpinBox()
+class _SignedSpin(QSpinBox):
+    """Shows "+2 st" for a transposition up (QSpinBox shows "2 st")."""
+
+    def textFromValue(self, value: int) -> str:
+        return f"{value:+d}" if value else "0"
+
+
+def _spin(low: int, high: int, suffix: str, tip: str, signed: bool = False) -> QSpinBox:
+    box = _SignedSpin() if signed else QSpinBox()
     box.setRange(low, high)
     box.setSuffix(suffix)
     box.setToolTip(tip)
@@ -38,7 +45,7 @@ class PracticeBar(QWidget):
         self.speed.setValue(100)
         self.speed.setSingleStep(5)
         self.pitch = _spin(SEMITONE_RANGE[0], SEMITONE_RANGE[1], " st",
-                           "Transpose in semitones, tempo kept (= and ⇧- step it)")
+                           "Transpose in semitones, tempo kept (= and ⇧- step it)", True)
         self.pitch.setValue(0)
         row = QHBoxLayout(self)
         row.setContentsMargins(4, 0, 4, 0)

@@ -98,10 +98,12 @@ class _TimeWidget(QWidget):
         painter.setPen(QPen(colour, 1.5))
         for x in (a, b):
             painter.drawLine(QPointF(x, 0), QPointF(x, self.height()))
-        if marks:
-            painter.setPen(colour.darker(160))
-            painter.drawText(QPointF(a + 3, 11), "A")
-            painter.drawText(QPointF(b - 11, 11), "B")
+        if marks:  # a flag at each edge's top, inside the loop: "A" and "B"
+            painter.setPen(QColor("white"))
+            for x, text, left in ((a, "A", 0.0), (b, "B", -12.0)):
+                flag = QRectF(x + left, 0, 12, 12)
+                painter.fillRect(flag, colour)
+                painter.drawText(flag, Qt.AlignmentFlag.AlignCenter, text)
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton and self.timeline.frames:
