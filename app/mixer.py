@@ -23,7 +23,9 @@ or int store (atomic in CPython):
   - `_Session.practice`: a new frozen `Practice` assigned by the GUI; the feeder takes it up
     by pulling `fill`'s end back to FLUSH_FRAMES past what the callback is reading (a flush,
     not a restart) and crossfading the new frames over the old ones still in the ring;
-  - `_Session.gains`: a new array assigned by the GUI, never mutated in place;
+  - `_Session.gains`: a new array assigned by the GUI, never mutated in place; while the
+    speed or pitch is changed only audible lanes are stretched, so a lane that becomes
+    audible is taken up by a flush like a practice change (heard ~70 ms later);
   - `transport`: 1.0 playing / 0.0 paused, written by the GUI.
 A song change swaps the whole `_Session` reference, so the callback sees one song or the other.
 """
@@ -43,7 +45,10 @@ RAMP_FRAMES = 441  # 10 ms at 44.1 kHz
 MAX_BLOCK = 2048  # frames mixed per inner step (the callback loops over larger buffers)
 RING_FRAMES = 1 << 17  # ~3 s per lane ahead of the playhead
 FEED_FRAMES = 8192
-FLUSH_FRAMES = 2048  # a practice change is heard after ~46 ms plus the stretcher's 29 ms
+FIRST_STEP_FRAMES = 1024  # what a fill step makes when the ring is nearly empty
+FLUSH_FRAMES = 3072  # a change is heard 70 ms on (the restarted stretcher is primed: no
+# latency of its own); the feeder has those 70 ms to make the first new frames (~21 ms of
+# CPU for six stretched lanes here)
 
 
 class _Session:
@@ -72,6 +77,17 @@ class _Session:
         self.out = np.zeros((lanes, FEED_FRAMES, channels), np.float32)
         self.out_src = np.zeros(FEED_FRAMES, np.float64)
         self.xfade = 0  # frames of old ring audio after fill's end to crossfade into
+
+
+def _audible(s: _Session) -> tuple[bool, ...]:
+    """Which lanes sound (the GUI's target gains): only those are stretched."""
+    return tuple(bool(g > 0) for g in s.gains)
+
+
+def _restretch(s: _Session) -> bool:
+    """Stretching, and a lane became audible or silent: flush, to stretch just those."""
+    return not s.shaped_for.rate.identity and _audible(s) != s.shaper.audible \
+        if s.shaped_for is not None else False
 
 
 class Mixer:
@@ -149,7 +165,7 @@ class Mixer:
             s.gains = np.array(gains, np.float32)  # NB: a new array, assigned at once
 
     def set_practice(self, practice: Practice) -> None:
-        """Loop, speed and pitch from now on (heard within ~80 ms, without a gap)."""
+        """Loop, speed and pitch from now on (heard within ~70 ms, without a gap)."""
         s = self._session
         if s is not None:
             s.practice = practice  # NB: one reference store; the feeder flushes to it
@@ -229,12 +245,13 @@ class Mixer:
                 return False  # NB: the callback may still read the old ring; wait for it
             s.fill, s.xfade = (gen, s.seek_to, s.seek_to), 0
             s.shaped_for = s.practice
-            s.shaper.restart(s.seek_to, s.practice)
-        elif s.practice is not s.shaped_for:
+            s.shaper.restart(s.seek_to, s.practice, _audible(s))
+        elif s.practice is not s.shaped_for or _restretch(s):
             self._flush(s)
         g, start, end = s.fill
         played = s.position if s.play_gen == g else start
-        n = min(FEED_FRAMES, played + RING_FRAMES - end)
+        # little ahead (a seek or a flush): a short step first, so the callback gets audio soon
+        n = min(FEED_FRAMES, max(FIRST_STEP_FRAMES, end - played), played + RING_FRAMES - end)
         if n <= 0:
             return False
         n = s.shaper.produce(s.out[:, :n], s.out_src[:n])
@@ -255,7 +272,7 @@ class Mixer:
         src = int(round(s.src_of[keep % RING_FRAMES])) if keep < end else s.shaper.next_source
         s.xfade = end - keep
         s.shaped_for = practice
-        s.shaper.restart(src, practice)
+        s.shaper.restart(src, practice, _audible(s))
 
     def _write_ring(self, s: _Session, end: int, n: int) -> None:
         """Copy s.out[:, :n] to ring slots from `end` (wrapping), crossfading over the frames

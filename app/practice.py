@@ -129,6 +129,7 @@ class Shaper:
         self.track = track
         self.reader = LoopReader(track, max_frames)
         self.practice = Practice()
+        self.audible: tuple[bool, ...] = ()
         self._stretch: Stretch | None = None
         self._in = np.zeros((len(track.lanes), 1024, track.channels), np.float32)
         self._in_src = np.zeros(1024, np.float64)
@@ -136,14 +137,16 @@ class Shaper:
         self._cursor = 0.0  # index into _queue of the next output frame
         self._flushed = False
 
-    def restart(self, pos: int, practice: Practice) -> None:
-        """Go on from source frame `pos` with `practice` (after a seek or a change)."""
-        self.practice = practice
+    def restart(self, pos: int, practice: Practice, audible: tuple[bool, ...] = ()) -> None:
+        """Go on from source frame `pos` with `practice` (after a seek or a change);
+        `audible` (per lane, default all): the lanes worth stretching."""
+        self.practice, self.audible = practice, audible
         self.reader.pos = int(pos)
         self._queue, self._cursor, self._flushed = np.zeros(0, np.float64), 0.0, False
         rate = practice.rate
+        active = [i for i, on in enumerate(audible) if on] if audible else None
         self._stretch = None if rate.identity else Stretch(
-            len(self.track.lanes), self.track.channels, self.track.samplerate, rate)
+            len(self.track.lanes), self.track.channels, self.track.samplerate, rate, active)
         if self._stretch is not None:
             self._prime(self._stretch, int(pos))
 

@@ -13,6 +13,7 @@ NB: a `Stretch` belongs to one thread (the mixer's feeder, or an export thread).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,18 +50,22 @@ def _options() -> pylibrb.Option:
 
 
 class Stretch:
-    """One real-time stretcher per lane, all with the same rate, so the lanes stay aligned.
+    """One real-time stretcher per audible lane, all with the same rate, so the lanes stay
+    aligned; the other lanes come out silent (a muted lane costs nothing).
 
+    Blocks in and out are (lanes, n, C) over all lanes; `active` says which are stretched.
     `prime(pre)` feeds the audio just before the start point and drops the start delay, so the
     first frame out is the start point itself (no silence, no latency at a restart).
     """
 
-    def __init__(self, lanes: int, channels: int, samplerate: int, rate: Rate) -> None:
+    def __init__(self, lanes: int, channels: int, samplerate: int, rate: Rate,
+                 active: Sequence[int] | None = None) -> None:
         self.rate = rate
+        self.active = list(range(lanes)) if active is None else list(active) or [0]
         self._rbs = [pylibrb.RubberBandStretcher(samplerate, channels, _options(),
                                                  1.0 / rate.speed, rate.pitch_scale)
-                     for _ in range(lanes)]
-        self._pending = [np.zeros((0, channels), np.float32) for _ in range(lanes)]
+                     for _ in self.active]
+        self._pending = [np.zeros((0, channels), np.float32) for _ in self.active]
         self._skip = 0
 
     @property
@@ -84,10 +89,10 @@ class Stretch:
         for i in range(0, max(1, block.shape[1]), PUSH_FRAMES):
             part = block[:, i:i + PUSH_FRAMES]
             last = final and i + PUSH_FRAMES >= block.shape[1]
-            for lane, rb in enumerate(self._rbs):
+            for i, (lane, rb) in enumerate(zip(self.active, self._rbs, strict=True)):
                 rb.process(np.ascontiguousarray(part[lane].T), last)
                 got = rb.retrieve_available().T
-                self._pending[lane] = np.concatenate([self._pending[lane], got])
+                self._pending[i] = np.concatenate([self._pending[i], got])
         self._drop_start_delay()
 
     def _drop_start_delay(self) -> None:
@@ -103,9 +108,10 @@ class Stretch:
     def pull(self, out: np.ndarray) -> int:
         """Move up to out.shape[1] stretched frames into out (lanes, n, C); returns how many."""
         k = min(out.shape[1], self.available)
-        for lane in range(len(self._pending)):
-            out[lane, :k] = self._pending[lane][:k]
-            self._pending[lane] = self._pending[lane][k:]
+        out[:, :k] = 0.0
+        for i, lane in enumerate(self.active):
+            out[lane, :k] = self._pending[i][:k]
+            self._pending[i] = self._pending[i][k:]
         return k
 
 

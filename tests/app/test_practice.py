@@ -188,3 +188,22 @@ def test_stretched_playback_reaches_the_end_and_a_change_after_a_seek_back_is_he
     out, _ = play(mixer, RATE // 2)
     after = int(0.1 * RATE)
     assert abs(peak_hz(out[after:after + 8192]) - 493.88) < 2.0
+
+
+def test_only_audible_lanes_are_stretched_and_a_lane_unmuted_is_heard_soon(
+        tone_track: TrackAudio) -> None:
+    mixer = Mixer()
+    mixer.load(tone_track, [0.0, 1.0, 1.0, 1.0, 0.0])  # the tone (lane 0) muted
+    mixer.set_practice(Practice(rate=Rate(0.8, 2.0)))
+    mixer.play()
+    out, _ = play(mixer, RATE // 2)
+    session = mixer._session
+    assert session is not None and session.shaper._stretch is not None
+    assert session.shaper._stretch.active == [1, 2, 3]  # the muted lanes cost nothing
+    assert np.abs(out).max() == 0.0
+    mixer.set_gains([0.0, 0.0, 0.0, 0.0, 1.0])  # the original mix (the tone) alone
+    out, _ = play(mixer, RATE // 2)
+    assert session.shaper._stretch.active == [4]
+    after = int(0.1 * RATE)
+    assert moving_rms(out[after:]).min() > 0.2
+    assert abs(peak_hz(out[after:after + 8192]) - 493.88) < 2.0
