@@ -153,3 +153,15 @@ def test_at_800_by_500_the_sidebar_folds_and_export_stays_on_the_toolbar(shown, 
     window.resize(1200, 760)
     assert window.two_stems_box.text() == "Vocals + instrumental only"
     assert np.all(np.asarray(window.splitter.sizes()) > 0)
+
+
+def test_typing_in_the_library_search_does_not_trigger_the_keys(shown, qtbot) -> None:  # type: ignore[no-untyped-def]
+    window, _ = shown
+    window.sidebar.setCurrentWidget(window.library_panel)
+    search = window.library_panel.search
+    search.setFocus()
+    qtbot.waitUntil(search.hasFocus, timeout=2000)
+    qtbot.keyClicks(search, "io1=")
+    assert search.text() == "io1="
+    assert window.mixer.practice.loop is None and window.mixer.practice.rate.identity
+    assert window.mixer.gains.tolist() == [1, 1, 1, 1, 0]
