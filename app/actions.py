@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMainWindow,
     QMenu,
+    QSplitter,
     QStyle,
     QToolBar,
     QToolButton,
@@ -24,7 +25,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.icons import transport_icon
+from app.layout import Responsive
 from app.mixer import Mixer
+from app.practicebar import PracticeController
+from app.qualitymenu import quality_menu
 from app.queue import SeparationQueue
 from app.reveal import reveal_title
 from app.settings import Settings
@@ -34,6 +38,8 @@ from engine.options import MODELS
 
 SEEK_S = 5.0
 FINE_SEEK_S = 1.0
+STEM_KEYS = 6  # 1–6 solo the lanes in order, ⇧1–6 mute them
+SHIFTED_DIGITS = "!@#$%^"  # what ⇧1–6 type on a US layout (some platforms report these)
 
 if TYPE_CHECKING:
     _Window = QMainWindow
@@ -49,6 +55,8 @@ class WindowActions(_Window):
     mixer: Mixer
     queue: SeparationQueue
     track_view: TrackView
+    practice: PracticeController
+    splitter: QSplitter
     time_label: QLabel
     play_icon: QIcon
     pause_icon: QIcon
@@ -94,6 +102,8 @@ class WindowActions(_Window):
         self.fwd1_action = a("Forward 1 Second", "Shift+Right",
                              lambda: self.seek_by(FINE_SEEK_S))
         self.zoom_in_action = a("Zoom In", "Ctrl+=", lambda: self.track_view.timeline.zoom(2.0))
+        self.zoom_in_action.setShortcuts([QKeySequence("Ctrl+="), QKeySequence("Ctrl++"),
+                                          QKeySequence(QKeySequence.StandardKey.ZoomIn)])
         self.zoom_out_action = a("Zoom Out", "Ctrl+-",
                                  lambda: self.track_view.timeline.zoom(0.5))
         self.fit_action = a("Zoom to Fit", "Ctrl+0", lambda: self.track_view.timeline.fit())
@@ -101,6 +111,19 @@ class WindowActions(_Window):
         self.decibels_action = a("Waveforms in Decibels", None, self.set_decibels)
         self.decibels_action.setCheckable(True)
         self.decibels_action.setChecked(self.settings.waveform_decibels)
+        self._build_stem_keys()
+
+    def _build_stem_keys(self) -> None:
+        """1–6 solo a lane, ⇧1–6 mute it (in the lanes' order, top down)."""
+        self.stem_actions: list[QAction] = []
+        for i in range(STEM_KEYS):
+            solo = self._action(f"Solo Lane {i + 1}", str(i + 1),
+                                lambda _=False, n=i: self.track_view.toggle(n, solo=True))
+            mute = self._action(f"Mute Lane {i + 1}", f"Shift+{i + 1}",
+                                lambda _=False, n=i: self.track_view.toggle(n, solo=False))
+            mute.setShortcuts([QKeySequence(f"Shift+{i + 1}"),
+                               QKeySequence(f"Shift+{SHIFTED_DIGITS[i]}")])
+            self.stem_actions += [solo, mute]
 
     def _icons(self) -> None:
         style, P = self.style(), QStyle.StandardPixmap
@@ -153,6 +176,9 @@ class WindowActions(_Window):
         bar.addAction(self.export_action)
         self.addToolBar(bar)
         self.toolbar = bar
+        self.responsive = Responsive(self, bar, self.splitter, [self.open_action,
+                                     self.export_action], self.two_stems_box, self.model_box)
+        bar.insertAction(self.open_action, self.responsive.sidebar_action)
 
     def _model_boxes(self) -> None:
         """The model for the songs added next, and the two-stem switch."""
@@ -184,7 +210,13 @@ class WindowActions(_Window):
         view.addActions([self.zoom_in_action, self.zoom_out_action, self.fit_action])
         view.addSeparator()
         view.addAction(self.decibels_action)
+        view.addAction(self.responsive.sidebar_action)
+        menus.addMenu(self.practice.menu)
+        stems = play.addMenu("Stems")
+        stems.addActions(self.stem_actions)
         separation = menus.addMenu("&Separation")
+        separation.addMenu(quality_menu(self.settings, self))
+        separation.addSeparator()
         separation.addAction(self.cancel_all_action)
         help_menu = menus.addMenu("&Help")
         help_menu.addAction(self.about_action)

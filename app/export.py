@@ -1,13 +1,15 @@
 """Export: stems (all or selected) and the current mix (what mute/solo/volume make audible)
-to WAV/FLAC/MP3, written by `engine.writers.write_audio` on a worker thread."""
+to WAV/FLAC/MP3, written by `engine.writers.write_audio` on a worker thread, optionally at
+the practice speed and pitch (`app.stretch`, applied to each file's sum before writing)."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import (
     QButtonGroup,
@@ -26,6 +28,7 @@ from PySide6.QtWidgets import (
 
 from app.preferences import CONTAINER_TITLES, DEPTH_TITLES, combo, update_depths
 from app.settings import Settings, output_format
+from app.stretch import Rate, stretch_audio
 from app.track import TrackAudio
 from engine.errors import Cancelled, DemixerError, OutputExistsError
 from engine.logfile import unexpected_message
@@ -37,6 +40,23 @@ class ExportFile:
     path: Path
     lanes: tuple[int, ...]
     gains: tuple[float, ...]  # one per lane
+    rate: Rate = field(default_factory=Rate)  # the practice speed and pitch to apply
+
+
+def rate_name(rate: Rate) -> str:
+    """'80 %, +2 st' for a file name or a label; '' at the recording's speed and pitch."""
+    bits = [] if rate.speed == 1.0 else [f"{round(rate.speed * 100)} %"]
+    bits += [] if rate.semitones == 0 else [f"{rate.semitones:+g} st"]
+    return ", ".join(bits)
+
+
+def at_rate(files: Sequence[ExportFile], rate: Rate) -> list[ExportFile]:
+    """`files` played at `rate`: named so ("vocals (80 %, +2 st).wav") and stretched."""
+    if rate.identity:
+        return list(files)
+    tag = rate_name(rate)
+    return [replace(f, rate=rate, path=f.path.with_name(f"{f.path.stem} ({tag}){f.path.suffix}"))
+            for f in files]
 
 
 def mix_name(track: TrackAudio, gains: Sequence[float]) -> str:
@@ -103,8 +123,20 @@ def write_file(track: TrackAudio, file: ExportFile, fmt: OutputFormat,
         parts += views
         gains += [gain] * len(views)
     rate, frames = output_rate(track, fmt)
+    if not file.rate.identity:
+        parts, gains = [stretched_sum(parts, gains, track.samplerate, file.rate)], [1.0]
+        frames = None if frames is None else round(frames / file.rate.speed)
     return write_audio(file.path, parts, track.samplerate, rate_out=rate, frames_out=frames,
                        fmt=fmt, gains=gains, overwrite=overwrite, cancel=cancel)
+
+
+def stretched_sum(parts: Sequence[np.ndarray], gains: Sequence[float], samplerate: int,
+                  rate: Rate) -> np.ndarray:
+    """sum_i gains[i] * parts[i] ((C, N) float32) at `rate`: (C, ~N / speed) float32."""
+    total = np.zeros(np.shape(parts[0]), np.float32)
+    for part, gain in zip(parts, gains, strict=True):
+        total += np.asarray(part, np.float32) * np.float32(gain)
+    return np.ascontiguousarray(stretch_audio(total.T, samplerate, rate).T)
 
 
 class Exporter(QObject):
@@ -162,9 +194,13 @@ class ExportDialog(QDialog):
     """What to export, in which format, where."""
 
     def __init__(self, track: TrackAudio, gains: Sequence[float], selected: Sequence[int],
-                 settings: Settings, parent: QWidget | None = None) -> None:
+                 settings: Settings, parent: QWidget | None = None, *,
+                 mix_first: bool = False, rate: Rate | None = None) -> None:
+        """`mix_first`: start from "The current mix" (a lane is muted or soloed); `rate`:
+        the practice speed and pitch, offered as an option when it is not 100 %, 0 st."""
         super().__init__(parent)
         self.track, self.gains, self.settings = track, list(gains), settings
+        self.rate = rate or Rate()
         self.setWindowTitle(f"Export “{track.title}”")
         self.all = QRadioButton("All stems")
         self.some = QRadioButton("Selected stems:")
@@ -172,8 +208,11 @@ class ExportDialog(QDialog):
         group = QButtonGroup(self)
         for button in (self.all, self.some, self.mix):
             group.addButton(button)
-        self.all.setChecked(True)
         self.mix.setEnabled(any(g > 0 for g in gains))
+        (self.mix if mix_first and self.mix.isEnabled() else self.all).setChecked(True)
+        self.at_rate = QCheckBox(f"At the practice speed and pitch ({rate_name(self.rate)})")
+        self.at_rate.setVisible(not self.rate.identity)
+        self.at_rate.setChecked(not self.rate.identity)
         self.checks: dict[int, QCheckBox] = {}
         for i, lane in enumerate(track.lanes):
             if not lane.original:
@@ -212,6 +251,7 @@ class ExportDialog(QDialog):
             layout.addWidget(widget)
         layout.addLayout(stems)
         layout.addWidget(self.mix)
+        layout.addWidget(self.at_rate)
         layout.addLayout(form)
         layout.addWidget(buttons)
 
@@ -225,6 +265,10 @@ class ExportDialog(QDialog):
                              self.settings.mp3_bitrate)
 
     def files(self) -> list[ExportFile]:
+        files = self._planned()
+        return at_rate(files, self.rate) if self.at_rate.isChecked() else files
+
+    def _planned(self) -> list[ExportFile]:
         folder, fmt = Path(self.folder.text()).expanduser(), self.fmt()
         if self.mix.isChecked():
             mix = plan_mix(self.track, self.gains, folder, fmt)

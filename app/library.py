@@ -1,7 +1,8 @@
 """The library: finished separations kept on disk, reopened without separating again. Qt-free.
 
 One folder per song under `engine.store.data_dir() / "library"`:
-    entry.json   the index entry (title, source file, model, stems, lengths, date)
+    entry.json   the index entry (title, source file, model, stems, lengths, date, and the
+                 mix the listener left: app.songmix)
     stems/       the raw stems (`engine.stembuffers` layout, with its stems.json)
     mix/         the original mix at 44.1 kHz, same layout (the track view's last lane)
     peaks.npz    the waveform peaks of every lane (optional; rebuilt if missing)
@@ -74,6 +75,7 @@ class LibraryEntry:
     compute_units: str = "all"
     shifts: int = 1
     segment: float | None = None
+    song_mix: dict[str, Any] = field(default_factory=dict)  # app.songmix.SongMix.to_json()
 
     @property
     def id(self) -> str:
@@ -166,6 +168,8 @@ def _fits(kind: object, value: object) -> bool:
         return number and math.isfinite(value)  # type: ignore[arg-type]
     if kind == "float | None":
         return value is None or (number and math.isfinite(value))  # type: ignore[arg-type]
+    if kind == "dict[str, Any]":
+        return isinstance(value, dict)
     if kind == "list[str]":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return False

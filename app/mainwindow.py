@@ -37,13 +37,15 @@ from app.firstrun import ModelDialog
 from app.library import Damaged, Library, LibraryEntry, complete_newest_first
 from app.mixer import Mixer
 from app.peaks import PeakBuilder
+from app.practicebar import PracticeController
 from app.preferences import PreferencesDialog
 from app.protocol import ModelKey
 from app.queue import QueueItem, SeparationQueue, State
 from app.reveal import reveal, reveal_title
 from app.service import SeparationService
 from app.settings import Settings
-from app.sidebar import LibraryView, QueueView
+from app.sidebar import LibraryPanel, LibraryView, QueuePanel, QueueView
+from app.songstate import SongMixKeeper
 from app.track import TrackAudio
 from app.trackview import DropHint, TrackView
 from app.transport import SongTransport
@@ -117,9 +119,14 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
         self.library_view = LibraryView()
         self.sidebar = QTabWidget()
         self.sidebar.setDocumentMode(True)
-        self.sidebar.addTab(self.queue_view, "Queue")
-        self.sidebar.addTab(self.library_view, "Library")
+        self.queue_panel = QueuePanel(self.queue_view)
+        self.library_panel = LibraryPanel(self.library_view)
+        self.sidebar.addTab(self.queue_panel, "Queue")
+        self.sidebar.addTab(self.library_panel, "Library")
         self.sidebar.setMinimumWidth(220)
+        self.practice = PracticeController(self.track_view.timeline, self.mixer, self)
+        self.track_view.add_to_head(self.practice.bar)
+        self.mix_keeper = SongMixKeeper(self.track_view, self.practice, self)
         self.splitter = QSplitter()
         self.splitter.addWidget(self.sidebar)
         self.splitter.addWidget(self.stack)
@@ -149,6 +156,7 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
         lib.revealRequested.connect(lambda e: self.reveal(e.folder))
         lib.deleteRequested.connect(self.delete_entry)
         lib.damagedRequested.connect(self.resolve_damaged)
+        lib.separateRequested.connect(self.separate_again_with)
         self.track_view.gainsChanged.connect(self.mixer.set_gains)
         self.track_view.timeline.seekRequested.connect(self.seek)
         self.model_box.currentIndexChanged.connect(
@@ -183,12 +191,12 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
         known = {f: e for f in files if (e := self.library.find(f, key.name, two_stems))}
         items = self.queue.add([f for f in files if f not in known], key, two_stems)
         if items:
-            self.sidebar.setCurrentWidget(self.queue_view)
+            self.sidebar.setCurrentWidget(self.queue_panel)
             self.statusBar().showMessage(f"Added {len(items)} file(s) to the queue.", 4000)
         if known:
             self.show_entry(next(iter(known.values())))
             if not items:
-                self.sidebar.setCurrentWidget(self.library_view)
+                self.sidebar.setCurrentWidget(self.library_panel)
             self.offer_separate_again(list(known), key, two_stems)
         return items
 
@@ -206,6 +214,18 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
                              if box.clickedButton() is again else None)
         box.open()
         self.again_box = box
+
+    def separate_again_with(self, entry: LibraryEntry, model: str) -> None:
+        """Queue a library song again, with `model` (the library's "Separate Again With")."""
+        source = Path(entry.source)
+        if not source.is_file():
+            self.statusBar().showMessage(f"“{entry.title}” cannot be separated again: "
+                                         f"{source} is not there any more.", 10000)
+            return
+        key = self.model_key()
+        self.queue.add([source], ModelKey(model, key.backend, key.compute_units, key.shifts,
+                                          key.segment, key.quality), entry.two_stems)
+        self.sidebar.setCurrentWidget(self.queue_panel)
 
     def choose_files(self) -> None:
         files, _ = QFileDialog.getOpenFileNames(
@@ -239,8 +259,8 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
         if entry is None or track is None or self.exporter.busy:
             return
         dialog = ExportDialog(track, list(self.track_view.gains()),
-                              self.track_view.selected_lanes(),
-                              self.settings, self)
+                              self.track_view.selected_lanes(), self.settings, self,
+                              mix_first=self.mix_keeper.shaped(), rate=self.practice.bar.rate())
         if dialog.exec() != ExportDialog.DialogCode.Accepted:
             return
         self.start_export(entry, dialog.files(), dialog.fmt())

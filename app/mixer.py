@@ -3,7 +3,9 @@
 Three threads touch a `Mixer`:
   - the GUI calls `load`, `play`, `pause`, `seek`, `set_gains` and reads `position`;
   - the feeder thread (`fill_step`) copies lane audio from disk into a preallocated ring
-    (RING_FRAMES per lane) ahead of the playhead, never past the song's ready mark;
+    (RING_FRAMES per lane) ahead of the playhead, never past the song's ready mark, through
+    a `practice.Shaper` that loops A–B and changes speed and pitch (so the ring holds output
+    frames; `src_of` maps each to the song frame it plays, for the playhead);
   - the audio callback (`callback`) mixes from the ring into `outdata`.
 
 The callback follows DESIGN.md rule 3: no allocation of buffers (every array is preallocated,
@@ -17,8 +19,13 @@ or int store (atomic in CPython):
   - `_Session.fill` = (gen, start, end): written by the feeder; the ring holds frames
     [start, end) of seek generation `gen`; it writes only frames >= end, and only up to
     position + RING_FRAMES, so it never touches a slot the callback may still read;
-  - `_Session.play_gen`/`position`: written by the callback;
-  - `_Session.gains`: a new array assigned by the GUI, never mutated in place;
+  - `_Session.play_gen`/`position`/`reading_to`: written by the callback;
+  - `_Session.practice`: a new frozen `Practice` assigned by the GUI; the feeder takes it up
+    by pulling `fill`'s end back to FLUSH_FRAMES past what the callback is reading (a flush,
+    not a restart) and crossfading the new frames over the old ones still in the ring;
+  - `_Session.gains`: a new array assigned by the GUI, never mutated in place; while the
+    speed or pitch is changed only audible lanes are stretched, so a lane that becomes
+    audible is taken up by a flush like a practice change (heard ~70 ms later);
   - `transport`: 1.0 playing / 0.0 paused, written by the GUI.
 A song change swaps the whole `_Session` reference, so the callback sees one song or the other.
 Closing a song is deterministic: `release` swaps the session out, then takes the feeder's lock,
@@ -34,12 +41,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from app.practice import Practice, Shaper
 from app.track import TrackAudio
 
 RAMP_FRAMES = 441  # 10 ms at 44.1 kHz
 MAX_BLOCK = 2048  # frames mixed per inner step (the callback loops over larger buffers)
 RING_FRAMES = 1 << 17  # ~3 s per lane ahead of the playhead
 FEED_FRAMES = 8192
+FIRST_STEP_FRAMES = 1024  # what a fill step makes when the ring is nearly empty
+FLUSH_FRAMES = 3072  # a change is heard 70 ms on (the restarted stretcher is primed: no
+# latency of its own); the feeder has those 70 ms to make the first new frames (~21 ms of
+# CPU for six stretched lanes here)
 
 
 class _Session:
@@ -53,6 +65,9 @@ class _Session:
         self.fill: tuple[int, int, int] = (0, 0, 0)
         self.seek_to, self.seek_gen = 0, 1
         self.play_gen, self.position = 0, 0
+        self.reading_to = 0  # the callback mixes ring frames below this
+        self.practice = Practice()  # replaced by the GUI
+        self.src_of = np.zeros(RING_FRAMES, np.float64)  # ring slot -> song frame
         self.gains = np.array(gains, np.float32)  # target, replaced by the GUI
         self.seen_gains = self.gains  # the target the callback ramps to
         self.ramp_from = self.gains.copy()
@@ -60,8 +75,22 @@ class _Session:
         self.ramp_pos = RAMP_FRAMES  # >= RAMP_FRAMES: no ramp in progress
         self.gain_delta = np.zeros(lanes, np.float32)
         # feeder-only buffers
-        self.feed = np.zeros((FEED_FRAMES, channels), np.float32)
-        self.feed_scratch = np.zeros_like(self.feed)
+        self.shaper = Shaper(track, FEED_FRAMES)
+        self.shaped_for: Practice | None = None  # the Practice the ring's frames were made with
+        self.out = np.zeros((lanes, FEED_FRAMES, channels), np.float32)
+        self.out_src = np.zeros(FEED_FRAMES, np.float64)
+        self.xfade = 0  # frames of old ring audio after fill's end to crossfade into
+
+
+def _audible(s: _Session) -> tuple[bool, ...]:
+    """Which lanes sound (the GUI's target gains): only those are stretched."""
+    return tuple(bool(g > 0) for g in s.gains)
+
+
+def _restretch(s: _Session) -> bool:
+    """Stretching, and a lane became audible or silent: flush, to stretch just those."""
+    return not s.shaped_for.rate.identity and _audible(s) != s.shaper.audible \
+        if s.shaped_for is not None else False
 
 
 class Mixer:
@@ -137,6 +166,18 @@ class Mixer:
         if s is not None:
             s.gains = np.array(gains, np.float32)  # NB: a new array, assigned at once
 
+    def set_practice(self, practice: Practice) -> None:
+        """Loop, speed and pitch from now on (heard within ~70 ms, without a gap)."""
+        s = self._session
+        if s is not None:
+            s.practice = practice  # NB: one reference store; the feeder flushes to it
+            self._wake.set()
+
+    @property
+    def practice(self) -> Practice:
+        s = self._session
+        return Practice() if s is None else s.practice
+
     @property
     def gains(self) -> np.ndarray:
         s = self._session
@@ -148,7 +189,17 @@ class Mixer:
         s = self._session
         if s is None:
             return 0
-        return s.seek_to if s.seek_gen != s.play_gen else s.position
+        if s.seek_gen != s.play_gen:
+            return s.seek_to
+        g, start, end = s.fill
+        p = s.position
+        if g != s.play_gen or end <= start or p < start:
+            return p
+        if p < end:  # NB: slots below end were written before end was published
+            return int(s.src_of[p % RING_FRAMES])
+        if s.shaper.exhausted:  # played to the end (stretched: the last frame's source
+            return s.track.frames  # may round to just before it)
+        return int(s.src_of[(end - 1) % RING_FRAMES]) + 1
 
     @property
     def waiting(self) -> bool:
@@ -182,7 +233,7 @@ class Mixer:
                 self._wake.clear()
 
     def fill_step(self, session: _Session | None = None) -> bool:
-        """Copy up to FEED_FRAMES of every lane into the ring; whether anything was copied."""
+        """Shape up to FEED_FRAMES of every lane into the ring; whether anything was written."""
         s = session or self._session
         if s is None:
             return False
@@ -190,20 +241,52 @@ class Mixer:
         if s.fill[0] != gen:
             if self.output_active and s.play_gen != gen:
                 return False  # NB: the callback may still read the old ring; wait for it
-            s.fill = (gen, s.seek_to, s.seek_to)
+            s.fill, s.xfade = (gen, s.seek_to, s.seek_to), 0
+            s.shaped_for = s.practice
+            s.shaper.restart(s.seek_to, s.practice, _audible(s))
+        elif s.practice is not s.shaped_for or _restretch(s):
+            self._flush(s)
         g, start, end = s.fill
         played = s.position if s.play_gen == g else start
-        n = min(FEED_FRAMES, s.track.ready_frames - end, played + RING_FRAMES - end)
+        # little ahead (a seek or a flush): a short step first, so the callback gets audio soon
+        n = min(FEED_FRAMES, max(FIRST_STEP_FRAMES, end - played), played + RING_FRAMES - end)
         if n <= 0:
             return False
-        slot = end % RING_FRAMES
-        first = min(n, RING_FRAMES - slot)
-        for lane in range(s.lanes):
-            s.track.read_lane_into(lane, end, s.feed[:n], s.feed_scratch[:n])
-            s.ring[lane, slot:slot + first] = s.feed[:first]
-            s.ring[lane, :n - first] = s.feed[first:n]
+        n = s.shaper.produce(s.out[:, :n], s.out_src[:n])
+        if n <= 0:
+            return False
+        self._write_ring(s, end, n)
         s.fill = (g, start, end + n)  # NB: published after the ring is written
         return True
+
+    def _flush(self, s: _Session) -> None:
+        """Take up a new Practice: keep only FLUSH_FRAMES ahead of what the callback reads,
+        and go on from the song frame there with the new settings."""
+        g, start, end = s.fill
+        practice = s.practice
+        played = s.position if s.play_gen == g else start
+        keep = min(end, max(played + FLUSH_FRAMES, s.reading_to + 256))
+        s.fill = (g, start, keep)  # NB: first, so the callback never reads what is rewritten
+        src = int(round(s.src_of[keep % RING_FRAMES])) if keep < end else s.shaper.next_source
+        s.xfade = end - keep
+        s.shaped_for = practice
+        s.shaper.restart(src, practice, _audible(s))
+
+    def _write_ring(self, s: _Session, end: int, n: int) -> None:
+        """Copy s.out[:, :n] to ring slots from `end` (wrapping), crossfading over the frames
+        a flush left there (so a change of loop, speed or pitch does not click)."""
+        x = min(n, s.xfade, RAMP_FRAMES)
+        if x > 0:
+            idx = (end + np.arange(x)) % RING_FRAMES
+            w = ((np.arange(x, dtype=np.float32) + 1) / (x + 1))[None, :, None]
+            s.out[:, :x] = s.ring[:, idx] * (1 - w) + s.out[:, :x] * w
+        s.xfade = 0
+        slot = end % RING_FRAMES
+        first = min(n, RING_FRAMES - slot)
+        s.ring[:, slot:slot + first] = s.out[:, :first]
+        s.ring[:, :n - first] = s.out[:, first:n]
+        s.src_of[slot:slot + first] = s.out_src[:first]
+        s.src_of[:n - first] = s.out_src[first:n]
 
     # --- the audio callback ------------------------------------------------------------
 
@@ -218,7 +301,7 @@ class Mixer:
             return
         gen = s.seek_gen
         if gen != s.play_gen:
-            s.position = s.seek_to
+            s.position = s.reading_to = s.seek_to
             s.play_gen = gen
         self._start_fade()
         if self._fade_to == 0.0 and self._fade_pos >= RAMP_FRAMES:
@@ -233,6 +316,7 @@ class Mixer:
                 self._fade_pos = RAMP_FRAMES
             self._snap_gains(s)
             return
+        s.reading_to = s.position + n  # NB: the feeder keeps clear of these frames
         self._start_ramp(s)
         self._mix(s, outdata, n)
         self._apply_fade(outdata, n)

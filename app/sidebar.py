@@ -1,5 +1,5 @@
-"""The sidebar lists: the separation queue (state, progress, cancel/retry/remove) and the
-library of finished songs (open, export, reveal, delete)."""
+"""The sidebar lists: the separation queue (state, progress, cancel/retry/remove, the total
+time left) and the library of finished songs (search, sort, open, export, reveal, delete)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import Sequence
 from PySide6.QtCore import QPoint, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QKeyEvent
 from PySide6.QtWidgets import (
+    QComboBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMenu,
@@ -21,9 +23,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.library import Damaged, LibraryEntry
-from app.queue import QueueItem, SeparationQueue, State
+from app.queue import QueueItem, SeparationQueue, State, format_eta
+from app.queue_eta import total_eta
 from app.reveal import reveal_title
+from app.settings import MODELS
 from app.timeline import format_time
+from engine.catalogue import get_entry
 
 
 def _button(text: str, tip: str) -> QToolButton:
@@ -160,11 +165,14 @@ class LibraryView(QListWidget):
     revealRequested = Signal(object)
     deleteRequested = Signal(object)
     damagedRequested = Signal(object)  # app.library.Damaged: delete or keep?
+    separateRequested = Signal(object, str)  # LibraryEntry, model name: separate it again
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.entries: list[LibraryEntry] = []
         self.damaged: list[Damaged] = []
+        self.sort = "date"  # a key of SORTS
+        self.search = ""
         self.itemClicked.connect(self._open)
         self.itemActivated.connect(self._open)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
@@ -173,6 +181,8 @@ class LibraryView(QListWidget):
     def set_entries(self, entries: list[LibraryEntry], damaged: Sequence[Damaged] = ()) -> None:
         """Finished songs, then folders that cannot be read (listed, never hidden)."""
         self.clear()
+        key, reverse = SORTS[self.sort]
+        entries = sorted(entries, key=key, reverse=reverse)
         self.entries, self.damaged = entries, list(damaged)
         for index, entry in enumerate(entries):
             when = time.strftime("%d %b %Y", time.localtime(entry.created))
@@ -188,6 +198,21 @@ class LibraryView(QListWidget):
             widget.setToolTip(f"{bad.folder}: click to delete or keep it")
             widget.setForeground(QColor("#d9534f"))
             self.addItem(widget)
+        self.set_search(self.search)
+
+    def set_search(self, text: str) -> None:
+        """Show only the songs whose title, file or model contains every word of `text`."""
+        self.search = text
+        words = text.casefold().split()
+        for row in range(len(self.entries)):
+            e = self.entries[row]
+            hay = f"{e.title} {e.source} {e.model}".casefold()
+            self.item(row).setHidden(not all(w in hay for w in words))
+
+    def set_sort(self, sort: str) -> None:
+        if sort != self.sort:
+            self.sort = sort
+            self.set_entries(self.entries, self.damaged)
 
     def _entry(self, widget: QListWidgetItem) -> LibraryEntry | Damaged:
         index = int(widget.data(Qt.ItemDataRole.UserRole))
@@ -230,7 +255,19 @@ class LibraryView(QListWidget):
             action = QAction(text, menu)
             action.triggered.connect(lambda _=False, s=signal: s.emit(entry))
             menu.addAction(action)
+        menu.insertMenu(menu.actions()[2], self._again_menu(entry, menu))
         menu.popup(self.viewport().mapToGlobal(pos))
+
+    def _again_menu(self, entry: LibraryEntry, parent: QMenu) -> QMenu:
+        """"Separate Again With ▸" every model (the one it was made with is marked)."""
+        again = QMenu("Separate Again With", parent)
+        for name in MODELS:
+            action = QAction(get_entry(name).title + (" (this one)" if name == entry.model
+                                                      else ""), again)
+            action.triggered.connect(
+                lambda _=False, n=name: self.separateRequested.emit(entry, n))
+            again.addAction(action)
+        return again
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
         entry = self.current_entry()
@@ -238,3 +275,67 @@ class LibraryView(QListWidget):
             self.deleteRequested.emit(entry)
             return
         super().keyPressEvent(event)
+
+
+SORTS = {  # title, key, newest/longest first
+    "date": (lambda e: e.created, True),
+    "title": (lambda e: e.title.casefold(), False),
+    "length": (lambda e: e.seconds, True),
+}
+SORT_TITLES = {"date": "Newest first", "title": "Title A–Z", "length": "Longest first"}
+
+
+class LibraryPanel(QWidget):
+    """The library list with a search field and a sort choice above it."""
+
+    def __init__(self, view: LibraryView, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.view = view
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("Search the library")
+        self.search.setClearButtonEnabled(True)
+        self.search.textChanged.connect(view.set_search)
+        self.sort = QComboBox()
+        for key, title in SORT_TITLES.items():
+            self.sort.addItem(title, key)
+        self.sort.setToolTip("Sort the library")
+        self.sort.currentIndexChanged.connect(lambda: view.set_sort(self.sort.currentData()))
+        top = QHBoxLayout()
+        top.setContentsMargins(4, 4, 4, 0)
+        top.addWidget(self.search, 1)
+        top.addWidget(self.sort)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        layout.addLayout(top)
+        layout.addWidget(view, 1)
+
+
+class QueuePanel(QWidget):
+    """The queue list with the total time left above it (refreshed as the queue moves)."""
+
+    def __init__(self, view: QueueView, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.view = view
+        self.total = QLabel()
+        self.total.setStyleSheet("color: palette(mid); padding: 4px 6px 0 6px;")
+        for signal in (view.queue.added, view.queue.changed, view.queue.removed):
+            signal.connect(self.refresh)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.total)
+        layout.addWidget(view, 1)
+        self.refresh()
+
+    def refresh(self) -> None:
+        items = self.view.queue.items
+        waiting = [i for i in items if i.state in (State.QUEUED, State.PREPARING,
+                                                   State.SEPARATING)]
+        if not waiting:
+            self.total.hide()
+            return
+        eta = total_eta(items)
+        songs = f"{len(waiting)} song{'s' if len(waiting) > 1 else ''} to separate"
+        self.total.setText(songs + ("" if eta is None else f" · about {format_eta(eta)} left"))
+        self.total.show()

@@ -12,6 +12,8 @@ class Timeline(QObject):
     playheadChanged = Signal()
     readyChanged = Signal()
     seekRequested = Signal(int)  # a frame the user clicked or dragged to
+    loopChanged = Signal()
+    loopRequested = Signal(int, int)  # A and B frames dragged on the ruler (any order)
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -22,12 +24,19 @@ class Timeline(QObject):
         self.width = 1
         self.playhead = 0
         self.ready = 0
+        self.loop: tuple[int, int] | None = None  # the A–B loop shown, frames
         self._fitted = True
 
     def reset(self, frames: int, samplerate: int) -> None:
         self.frames, self.samplerate = frames, samplerate
         self.playhead, self.ready, self._fitted = 0, 0, True
+        self.set_loop(None)
         self.fit()
+
+    def set_loop(self, loop: tuple[int, int] | None) -> None:
+        if loop != self.loop:
+            self.loop = loop
+            self.loopChanged.emit()
 
     @property
     def max_frames_per_px(self) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QPainter, QPaintEvent
+from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QGridLayout,
     QHBoxLayout,
@@ -17,12 +17,15 @@ from PySide6.QtWidgets import (
     QScrollBar,
     QSizePolicy,
     QSlider,
+    QStyle,
+    QStyleOptionSlider,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.peaks import Peaks
+from app.songmix import LaneMix, SongMix
 from app.timeline import Timeline, format_time
 from app.track import Lane, TrackAudio, lane_gains, slider_gain
 from app.waveform import RulerWidget, WaveformWidget
@@ -67,6 +70,29 @@ QToolButton#solo:checked { background: #7ed957; color: black; border-radius: 4px
 """
 
 
+class JumpSlider(QSlider):
+    """A slider whose knob jumps to where its track is clicked (and can be dragged on from
+    there), instead of paging towards it."""
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if event.button() == Qt.MouseButton.LeftButton:
+            opt = QStyleOptionSlider()
+            self.initStyleOption(opt)
+            CC, SC = QStyle.ComplexControl, QStyle.SubControl
+            handle = self.style().subControlRect(CC.CC_Slider, opt, SC.SC_SliderHandle, self)
+            if not handle.contains(event.position().toPoint()):
+                groove = self.style().subControlRect(CC.CC_Slider, opt, SC.SC_SliderGroove, self)
+                span = max(1, groove.width() - handle.width())
+                x = int(event.position().x() - groove.x() - handle.width() / 2)
+                self.setValue(QStyle.sliderValueFromPosition(
+                    self.minimum(), self.maximum(), max(0, min(span, x)), span))
+        super().mousePressEvent(event)  # the knob is under the pointer now: a drag goes on
+
+
+def decibels(gain: float) -> str:
+    return "−∞ dB" if gain == 0 else f"{20 * np.log10(gain):+.1f} dB".replace("-", "−")
+
+
 class LaneHeader(QWidget):
     changed = Signal()
 
@@ -81,12 +107,16 @@ class LaneHeader(QWidget):
         self.mute.setObjectName("mute")
         self.solo = _toggle("S", "Solo")
         self.solo.setObjectName("solo")
-        self.volume = QSlider(Qt.Orientation.Horizontal)
+        self.volume = JumpSlider(Qt.Orientation.Horizontal)
         self.volume.setRange(0, 100)
         self.volume.setValue(100)
         self.volume.setFocusPolicy(Qt.FocusPolicy.NoFocus)
         self.volume.setToolTip("Volume 0.0 dB")
         self.volume.setMinimumWidth(60)
+        self.db = QLabel(decibels(1.0))
+        self.db.setObjectName("lane-db")
+        self.db.setFixedWidth(self.db.fontMetrics().horizontalAdvance("−30.0 dB") + 4)
+        self.db.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.name, 1)
@@ -96,7 +126,12 @@ class LaneHeader(QWidget):
         column.setContentsMargins(0, 0, 0, 0)
         column.setSpacing(2)
         column.addLayout(top)
-        column.addWidget(self.volume)
+        level = QHBoxLayout()
+        level.setContentsMargins(0, 0, 0, 0)
+        level.setSpacing(4)
+        level.addWidget(self.volume, 1)
+        level.addWidget(self.db)
+        column.addLayout(level)
         row = QHBoxLayout(self)
         row.setContentsMargins(6, 4, 8, 4)
         row.addWidget(self.swatch)
@@ -116,13 +151,26 @@ class LaneHeader(QWidget):
         self.mute.setChecked(lane.original)  # the original is there to compare with
         self.solo.setChecked(False)
         self.volume.setValue(100)
+        self._changed()
         self.blockSignals(False)
 
     def _changed(self) -> None:
-        gain = slider_gain(self.volume.value())
-        db = "−∞ dB" if gain == 0 else f"{20 * np.log10(gain):+.1f} dB"
+        db = decibels(slider_gain(self.volume.value()))
         self.volume.setToolTip(f"Volume {db}")
+        self.db.setText(db)
         self.changed.emit()
+
+    def show_mix(self, mix: LaneMix) -> None:
+        """Set mute, solo and volume without a `changed` per control (the caller emits)."""
+        self.blockSignals(True)
+        self.mute.setChecked(mix.mute)
+        self.solo.setChecked(mix.solo)
+        self.volume.setValue(mix.volume)
+        self._changed()
+        self.blockSignals(False)
+
+    def mix(self) -> LaneMix:
+        return LaneMix(self.volume.value(), self.mute.isChecked(), self.solo.isChecked())
 
     @property
     def gain(self) -> float:
@@ -144,6 +192,8 @@ class TrackView(QWidget):
         self.title.setStyleSheet("font-size: 17px; font-weight: 600;")
         self.info = QLabel()
         self.info.setStyleSheet("color: palette(mid);")
+        for label in (self.title, self.info):  # a long title is cut, never widens the window
+            label.setMinimumWidth(24)
         self.ruler = RulerWidget(self.timeline)
         self.scroll_bar = QScrollBar(Qt.Orientation.Horizontal)
         self.scroll_bar.valueChanged.connect(self._on_scroll)
@@ -161,6 +211,7 @@ class TrackView(QWidget):
         head.addWidget(self.title)
         head.addSpacing(12)
         head.addWidget(self.info, 1)
+        self.head = head
         layout = QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 6)
         layout.addLayout(head)
@@ -203,6 +254,7 @@ class TrackView(QWidget):
         """Show `track` with its lanes (peaks may still be filling); None empties the view."""
         self.track = track
         self.title.setText(track.title if track else "")
+        self.title.setToolTip(track.title if track else "")
         self.info.setText(info)
         lanes = track.lanes[:MAX_LANES] if track else []
         self.peaks = (peaks or [Peaks(track.frames) for _ in lanes]) if track else []
@@ -223,6 +275,10 @@ class TrackView(QWidget):
         self.poll()
         self._emit_gains()
 
+    def add_to_head(self, widget: QWidget) -> None:
+        """A control beside the song's title (the practice controls)."""
+        self.head.addWidget(widget)
+
     def set_info(self, text: str) -> None:
         self.info.setText(text)
 
@@ -231,6 +287,24 @@ class TrackView(QWidget):
     def gains(self) -> np.ndarray:
         return lane_gains([h.gain for h in self.headers], [h.mute.isChecked() for h in
                           self.headers], [h.solo.isChecked() for h in self.headers])
+
+    def lane_mix(self) -> dict[str, LaneMix]:
+        """Each lane's volume, mute and solo, by lane key (for the song's kept mix)."""
+        return {h.lane.key: h.mix() for h in self.headers if h.lane is not None}
+
+    def restore_mix(self, mix: SongMix) -> None:
+        """Show a song's kept mute/solo/volume, then emit the gains once."""
+        for h in self.headers:
+            if h.lane is not None:
+                h.show_mix(mix.lane(h.lane))
+        self._emit_gains()
+
+    def toggle(self, lane: int, solo: bool) -> None:
+        """Solo (or mute) lane `lane` on or off, as its S (or M) button does; the keys 1–6
+        and ⇧1–6."""
+        if lane < len(self.headers):
+            button = self.headers[lane].solo if solo else self.headers[lane].mute
+            button.toggle()
 
     def _emit_gains(self) -> None:
         gains = self.gains()

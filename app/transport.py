@@ -22,6 +22,7 @@ from app.peaks import PeakBuilder, Peaks, load_all, save_all
 from app.queue import QueueItem, SeparationQueue, State, format_eta
 from app.settings import Settings
 from app.sidebar import LibraryView, QueueView
+from app.songstate import SongMixKeeper
 from app.timeline import format_time
 from app.track import TrackAudio
 from app.trackview import DropHint, TrackView
@@ -48,6 +49,7 @@ class SongTransport(_Window):
     track_view: TrackView
     queue_view: QueueView
     library_view: LibraryView
+    mix_keeper: SongMixKeeper
     stack: QStackedWidget
     drop_hint: DropHint
     time_label: QLabel
@@ -125,6 +127,7 @@ class SongTransport(_Window):
                    entry: LibraryEntry | None = None) -> None:
         self._unload()
         self.track, self.shown_item, self.shown_entry = track, item, entry
+        self.setWindowTitle(f"{track.title} — Demixer" if track is not None else "Demixer")
         self.queue_view.select(item if track is not None else None)
         self.library_view.select(entry if track is not None and item is None else None)
         if track is None:
@@ -140,6 +143,8 @@ class SongTransport(_Window):
         self.track_view.set_track(track, self.builder.peaks, self._info_text())
         self.stack.setCurrentWidget(self.track_view)
         self.mixer.load(track, list(self.track_view.gains()))
+        entries = [e for e in (entry, item.entry if item else None) if e is not None]
+        self.mix_keeper.opened(track, list({id(e): e for e in entries}.values()))
         self._update_transport()
         self._tick()
 
@@ -153,6 +158,7 @@ class SongTransport(_Window):
         return save
 
     def _unload(self) -> None:
+        self.mix_keeper.closed()  # keeps the song's mix in its library entry
         track, builder = self.track, self.builder
         self.track, self.builder = None, None
         if builder is not None:

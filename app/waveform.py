@@ -27,6 +27,9 @@ from PySide6.QtWidgets import QSizePolicy, QWidget
 from app.peaks import Peaks
 from app.timeline import Timeline, format_time
 
+LOOP_COLOUR = "#3a9ad9"
+DRAG_PX = 4  # a press that moves further than this on the ruler draws a loop
+EDGE_PX = 6  # pressing this near an A or B flag drags that edge
 TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600)
 
 
@@ -78,6 +81,29 @@ class _TimeWidget(QWidget):
         timeline.viewChanged.connect(self.update)
         timeline.playheadChanged.connect(self.update)
         timeline.readyChanged.connect(self.update)
+        timeline.loopChanged.connect(self.update)
+
+    def draw_loop(self, painter: QPainter, marks: bool) -> None:
+        """Shade the A–B loop (and, on the ruler, draw its A and B flags)."""
+        loop = self.timeline.loop
+        if loop is None:
+            return
+        a, b = (self.timeline.x_of(f) for f in loop)
+        if b < 0 or a > self.width():
+            return
+        colour = QColor(LOOP_COLOUR)
+        colour.setAlpha(70 if marks else 34)
+        painter.fillRect(QRectF(a, 0, b - a, self.height()), colour)
+        colour.setAlpha(230)
+        painter.setPen(QPen(colour, 1.5))
+        for x in (a, b):
+            painter.drawLine(QPointF(x, 0), QPointF(x, self.height()))
+        if marks:  # a flag at each edge's top, inside the loop: "A" and "B"
+            painter.setPen(QColor("white"))
+            for x, text, left in ((a, "A", 0.0), (b, "B", -12.0)):
+                flag = QRectF(x + left, 0, 12, 12)
+                painter.fillRect(flag, colour)
+                painter.drawText(flag, Qt.AlignmentFlag.AlignCenter, text)
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
         if event.button() == Qt.MouseButton.LeftButton and self.timeline.frames:
@@ -165,6 +191,7 @@ class WaveformWidget(_TimeWidget):
         painter.drawImage(0, 0, self.waveform_image())
         if self.grows:
             self._draw_pending(painter, dark)
+        self.draw_loop(painter, marks=False)
         self.draw_playhead(painter)
         painter.end()
 
@@ -184,6 +211,48 @@ class RulerWidget(_TimeWidget):
     def __init__(self, timeline: Timeline, parent: QWidget | None = None) -> None:
         super().__init__(timeline, parent)
         self.setFixedHeight(26)
+        self.setToolTip("Click to move the playhead; drag to set an A–B loop; drag A or B "
+                        "to move it")
+        self._press: tuple[float, int] | None = None  # (x, fixed frame) of a loop drag
+        self._dragging = False
+
+    # A press seeks (as before); moving on draws a loop from the press point, or moves the
+    # edge of the loop that was pressed; the loop is asked for on every move.
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        if event.button() != Qt.MouseButton.LeftButton or not self.timeline.frames:
+            return
+        x, tl = event.position().x(), self.timeline
+        self._dragging = False
+        edge = self._edge_at(x)
+        if edge is None:
+            self._press = (x, tl.frame_at(x))
+            tl.seekRequested.emit(tl.frame_at(x))
+        else:
+            self._press, self._dragging = edge, True
+
+    def _edge_at(self, x: float) -> tuple[float, int] | None:
+        """Pressing near A keeps B fixed, and the other way round."""
+        loop = self.timeline.loop
+        if loop is None:
+            return None
+        a, b = loop
+        if abs(self.timeline.x_of(b) - x) <= EDGE_PX:
+            return (x, a)
+        if abs(self.timeline.x_of(a) - x) <= EDGE_PX:
+            return (x, b)
+        return None
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if self._press is None or not event.buttons() & Qt.MouseButton.LeftButton:
+            return
+        x = event.position().x()
+        if not self._dragging and abs(x - self._press[0]) < DRAG_PX:
+            return
+        self._dragging = True
+        self.timeline.loopRequested.emit(self._press[1], self.timeline.frame_at(x))
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:
+        self._press, self._dragging = None, False
 
     def tick_step(self) -> float:
         seconds_per_px = self.timeline.frames_per_px / max(1, self.timeline.samplerate)
@@ -208,6 +277,7 @@ class RulerWidget(_TimeWidget):
                 painter.drawText(QPointF(x + 3, self.height() - 10),
                                  format_time(t, tenths=step < 1))
             self._draw_ready(painter)
+            self.draw_loop(painter, marks=True)
         x = tl.x_of(tl.playhead)
         painter.setPen(Qt.PenStyle.NoPen)
         painter.setBrush(pal.color(QPalette.ColorRole.Highlight))

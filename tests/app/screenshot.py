@@ -10,6 +10,9 @@ the script mutes the vocals (a karaoke mix), starts playback (silent without a s
 a moment, and grabs the window. Waveforms are drawn on the decibel scale (View menu): the
 stems of a random-weight model are quiet and noise-like; the picture is of the app, not of
 the model's quality.
+
+With DEMIXER_SHOT_PRACTICE=1 it shows the practice tools instead (docs/practice.png): an
+A–B loop dragged on the ruler over bars 3–4, 80 % speed, +2 semitones, the bass soloed.
 """
 
 from __future__ import annotations
@@ -60,6 +63,17 @@ def dark_palette():  # type: ignore[no-untyped-def]
     return palette
 
 
+def practise(window) -> None:  # type: ignore[no-untyped-def]
+    """Loop two bars (as a drag on the ruler would), slow down, transpose, solo the bass."""
+    bar = 4 * 60 / 112
+    window.track_view.timeline.loopRequested.emit(int(2 * bar * RATE), int(4 * bar * RATE))
+    window.practice.bar.speed.setValue(80)
+    window.practice.bar.pitch.setValue(2)
+    window.track_view.toggle(1, solo=True)
+    window.seek(int(2.6 * bar * RATE))
+    window.play()
+
+
 def main(out: Path) -> int:
     work = Path(tempfile.mkdtemp(prefix="demixer-shot-"))
     os.environ["DEMIXER_HOME"] = str(work / "home")
@@ -104,7 +118,9 @@ def main(out: Path) -> int:
             app.exit(1)
         elif item.state == State.DONE and window.builder is not None and window.builder.complete:
             stage["n"] += 1
-            if stage["n"] == 1:
+            if stage["n"] == 1 and os.environ.get("DEMIXER_SHOT_PRACTICE"):
+                practise(window)
+            elif stage["n"] == 1:
                 vocals = next(h for h in window.track_view.headers if h.name.text() == "Vocals")
                 vocals.mute.setChecked(True)  # a karaoke mix: the lane greys out
                 window.seek(int(9.3 * RATE))

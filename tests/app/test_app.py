@@ -63,6 +63,8 @@ def test_settings_and_window_state_persist(make_window, settings, qtbot) -> None
     window.model_box.setCurrentIndex(window.model_box.findData("htdemucs_ft"))
     window.two_stems_box.setChecked(True)
     window.resize(700, 560)  # within the offscreen screen (800 x 600): restore clamps to it
+    qtbot.waitUntil(lambda: window.splitter.sizes()[0] == 0, timeout=2000)  # folded...
+    window.responsive.sidebar_action.trigger()  # ...and the person opened it again
     window.splitter.setSizes([300, 400])
     window.close()
     store = QSettings(settings.store.fileName(), QSettings.Format.IniFormat)
@@ -118,7 +120,7 @@ def test_a_song_already_separated_opens_from_the_library(window, model_repo, son
     window.show_track(None)
     assert window.open_paths(["song.wav"]) == [] and len(window.queue.items) == 1
     assert window.shown_entry is not None and window.shown_entry.folder == first
-    assert window.sidebar.currentWidget() is window.library_view
+    assert window.sidebar.currentWidget() is window.library_panel
     assert [w.text().split("\n")[0] for w in window.library_view.selectedItems()] == ["song"]
     box = window.again_box
     assert box.isVisible() and "already in the library" in box.text()
@@ -146,7 +148,7 @@ def test_menus_follow_macos_conventions(window) -> None:  # type: ignore[no-unty
     assert window.quit_action.menuRole() == QAction.MenuRole.QuitRole
     assert window.about_action.menuRole() == QAction.MenuRole.AboutRole
     menus = [a.text() for a in window.menuBar().actions()]
-    assert menus == ["&File", "&Playback", "&View", "&Separation", "&Help"]
+    assert menus == ["&File", "&Playback", "&View", "&Practice", "&Separation", "&Help"]
 
 
 def test_waveforms_follow_light_and_dark(make_window, qtbot) -> None:  # type: ignore[no-untyped-def]
