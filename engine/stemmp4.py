@@ -177,7 +177,7 @@ def stage_stem_mp4(path: Path, audio: StemMp4Audio, slots: StemMap, fmt: OutputF
                            f"not {fmt.container.upper()}.")
     rate_out = rate_out or fmt.rate_for(audio.rate)
     fmt.validate(rate_out)
-    frames = np.shape(audio.master)[1]
+    frames = int(audio.master.shape[1])
     frames_out = frames_out or resampled_length(frames, audio.rate, rate_out)
     signals = [MixSignal([audio.master], (1.0,), audio.rate, rate_out, frames_out)]
     for slot in slots:
