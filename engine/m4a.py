@@ -66,6 +66,7 @@ class M4aWriter:
         self._pts = [0] * streams
         for _ in range(streams):
             stream = self._container.add_stream(codec, rate=rate, layout=_LAYOUTS[channels])
+            assert isinstance(stream, av.AudioStream)
             if codec == "aac":
                 stream.bit_rate = bitrate_kbps * 1000
             else:

@@ -106,7 +106,8 @@ def parse_stem_map(text: str, sources: Sequence[str]) -> StemMap:
     if len(groups) != NI_SLOTS or not all(groups):
         raise DemixerError(f"--stem-map '{text}' should name NI's four stems in order, "
                            "separated by ';', e.g. drums;bass;other+guitar+piano;vocals.")
-    slots, used = [], set()
+    slots: list[StemSlot] = []
+    used: set[str] = set()
     for i, group in enumerate(groups):
         name, _, parts_text = group.rpartition("=")
         parts = tuple(p.strip() for p in parts_text.split("+"))

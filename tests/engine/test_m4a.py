@@ -27,6 +27,7 @@ def _decoded(path: Path, index: int = 0) -> tuple[np.ndarray, int, int]:
     with av.open(str(path)) as container:
         stream = container.streams.audio[index]
         frames = [f.to_ndarray() for f in container.decode(stream)]
+        assert stream.duration is not None and stream.time_base is not None
         declared = round(stream.duration * stream.time_base * stream.rate)
         return np.concatenate(frames, axis=1), stream.rate, declared
 
