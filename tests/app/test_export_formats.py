@@ -188,3 +188,21 @@ def test_dragging_a_lane_out_writes_it_and_offers_its_url(shown, stems, tmp_path
     assert path.parent.parent == tmp_path / "drags"
     [samples] = _decode(path)
     np.testing.assert_allclose((samples >> 8) / 2.0**23, stems["bass"], atol=2.0**-23)
+
+
+def test_preferences_keep_an_aac_bit_rate_apart_from_mp3s(settings, qtbot) -> None:  # type: ignore[no-untyped-def]
+    from app.preferences import PreferencesDialog
+
+    settings.mp3_bitrate = 192
+    dialog = PreferencesDialog(settings)
+    qtbot.addWidget(dialog)
+    dialog.container.setCurrentIndex(dialog.container.findData("mp3"))
+    assert dialog.bitrate.currentData() == "192" and dialog.bitrate.findData("320") >= 0
+    dialog.container.setCurrentIndex(dialog.container.findData("aac"))
+    assert dialog.bitrate.currentData() == "256"  # AAC's default, NI's usual
+    assert dialog.bitrate.findData("64") >= 0 and not dialog.depth_box.isEnabled()
+    dialog.bitrate.setCurrentIndex(dialog.bitrate.findData("160"))
+    dialog.accept()
+    fmt = settings.output_format()
+    assert (fmt.container, fmt.aac_bitrate, fmt.ext) == ("aac", 160, "m4a")
+    assert settings.mp3_bitrate == 192
