@@ -206,3 +206,47 @@ def test_preferences_keep_an_aac_bit_rate_apart_from_mp3s(settings, qtbot) -> No
     fmt = settings.output_format()
     assert (fmt.container, fmt.aac_bitrate, fmt.ext) == ("aac", 160, "m4a")
     assert settings.mp3_bitrate == 192
+
+
+def test_a_lane_header_drag_starts_a_copy_drag_of_the_written_file(shown, tmp_path, qtbot,  # type: ignore[no-untyped-def]
+                                                                   monkeypatch) -> None:
+    from PySide6.QtCore import QPoint, Qt
+    from PySide6.QtGui import QDrag
+    from PySide6.QtTest import QTest
+    from PySide6.QtWidgets import QApplication
+
+    from app.trackview import TrackView
+
+    _, entry = shown
+    track = entry.open_track()
+    view = TrackView()
+    qtbot.addWidget(view)
+    view.set_track(track)
+    view.show()
+    asked: list[int] = []
+    view.drag_source = lambda lane: asked.append(lane) or drag_export(  # type: ignore[func-returns-value]
+        track, lane, OutputFormat("wav"), tmp_path / "drags")
+    dropped: list[tuple[list[str], Qt.DropAction]] = []
+
+    def fake_exec(drag: QDrag, action: Qt.DropAction) -> Qt.DropAction:  # no real drag loop
+        dropped.append(([u.toLocalFile() for u in drag.mimeData().urls()], action))
+        return action
+
+    monkeypatch.setattr(QDrag, "exec", fake_exec)
+    header = view.headers[2]
+    start = header.name.geometry().center()
+    QTest.mousePress(header, Qt.MouseButton.LeftButton, pos=start)
+    QTest.mouseMove(header, start + QPoint(QApplication.startDragDistance() + 5, 0))
+    QTest.mouseRelease(header, Qt.MouseButton.LeftButton, pos=start)
+    assert asked == [2]
+    [([file], action)] = dropped
+    assert action == Qt.DropAction.CopyAction and Path(file).name == "Song - Other.wav"
+    assert Path(file).stat().st_size > 2 * SECONDS * RATE * 2  # the whole stem, written
+    requested: list[int] = []
+    view.laneExportRequested.connect(requested.append)
+    [action_item] = view.headers[1].context_menu().actions()
+    assert action_item.text() == "Export “Bass”…"
+    action_item.trigger()
+    assert requested == [1] and view.headers[4].context_menu().actions() == []  # the original
+    view.set_track(None)
+    track.close()
