@@ -162,7 +162,8 @@ def _write_stem_mp4(track: TrackAudio, file: ExportFile, fmt: OutputFormat,
     stems = {lane.key: track.part_views(i)[0] for i, lane in enumerate(track.lanes)
              if lane.key in stem_map_sources(track)}
     rate, frames = output_rate(track, fmt)
-    return write_stem_mp4(file.path, StemMp4Audio(master, stems, track.samplerate),
+    tags = {"title": track.title}
+    return write_stem_mp4(file.path, StemMp4Audio(master, stems, track.samplerate, tags),
                           file.stem_map, fmt, rate_out=rate, frames_out=frames,
                           overwrite=overwrite, cancel=cancel)
 

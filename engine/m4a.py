@@ -19,6 +19,7 @@ The file is written to a temporary by the caller and moved into place by it (ato
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
@@ -31,6 +32,10 @@ from engine.errors import DemixerError
 AAC_BITRATES = (64, 96, 128, 160, 192, 224, 256, 320)
 AAC_DEFAULT_BITRATE = 256
 _ALAC_FORMATS = {"int16": "s16p", "int24": "s32p"}
+# Tags copied from an input to its stem file, as FFmpeg names them (the ipod muxer writes
+# them as iTunes atoms: title as ©nam, artist as ©ART, ...), so Traktor lists the song.
+COPIED_TAGS = ("title", "artist", "album_artist", "album", "genre", "date", "track", "disc",
+               "composer", "comment", "copyright")
 _LAYOUTS = {1: "mono", 2: "stereo"}
 
 
@@ -54,7 +59,8 @@ class M4aWriter:
     which is what NI's stem files do (the master plays in players that know no stems)."""
 
     def __init__(self, path: Path, codec: str, rate: int, channels: int, *, streams: int = 1,
-                 sample_format: str = "int16", bitrate_kbps: int = AAC_DEFAULT_BITRATE) -> None:
+                 sample_format: str = "int16", bitrate_kbps: int = AAC_DEFAULT_BITRATE,
+                 tags: Mapping[str, str] | None = None) -> None:
         if channels not in _LAYOUTS:
             raise DemixerError(f"{path} cannot be written: {codec.upper()} files here hold 1 "
                                f"or 2 channels, not {channels}.")
@@ -62,6 +68,8 @@ class M4aWriter:
         self._container = av.open(str(path), "w", format="ipod",
                                   options={"movie_timescale": str(rate)})
         self._closed = False
+        for key, value in (tags or {}).items():
+            self._container.metadata[key] = value
         self._streams: list[av.AudioStream] = []
         self._pts = [0] * streams
         for _ in range(streams):
@@ -104,6 +112,19 @@ class M4aWriter:
         if not self._closed:
             self._closed = True
             self._container.close()
+
+
+def read_tags(path: Path) -> dict[str, str]:
+    """The tags of an audio file worth copying (`COPIED_TAGS`), {} if it cannot be read."""
+    try:
+        with av.open(str(path)) as container:
+            found = {k.lower(): v for k, v in container.metadata.items()}
+            if container.streams.audio:  # Ogg and Opus keep tags on the stream
+                found |= {k.lower(): v for k, v in container.streams.audio[0].metadata.items()
+                          if k.lower() not in found}
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        return {}
+    return {k: str(found[k]) for k in COPIED_TAGS if found.get(k)}
 
 
 class M4aEncoder:

@@ -19,6 +19,7 @@ from typing import Any
 
 from engine.atomicio import Staged, commit_all, discard_temps
 from engine.errors import DemixerError, OutputExistsError
+from engine.m4a import read_tags
 from engine.stembuffers import StemBuffers
 from engine.stemmp4 import (
     STEM_MP4_SUFFIX,
@@ -136,7 +137,7 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
         for name, parts in mixes.items():
             if plan.stem_mp4:
                 staged.append(Staged.of(paths[name], _stage_stem_mp4(
-                    plan, paths[name], stems, mix, rate_out, frames_out, cancel)))
+                    plan, track, paths[name], stems, mix, rate_out, frames_out, cancel)))
                 continue
             views: list[Any] = [stems.view(s) for s in parts]  # (C, N) array-likes
             temp = stage_audio(paths[name], views, stems.samplerate, rate_out=rate_out,
@@ -149,11 +150,13 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
     return [item.target for item in staged]
 
 
-def _stage_stem_mp4(plan: OutputPlan, path: Path, stems: StemBuffers, mix: Any,
+def _stage_stem_mp4(plan: OutputPlan, track: Path, path: Path, stems: StemBuffers, mix: Any,
                     rate_out: int, frames_out: int, cancel: threading.Event | None) -> Path:
     if mix is None:
         raise ValueError("an NI Stems file needs the original mix as its master")
-    audio = StemMp4Audio(mix, {s: stems.view(s) for s in stems.sources}, stems.samplerate)
+    tags = {"title": path.name.removesuffix(STEM_MP4_SUFFIX)} | read_tags(track)
+    audio = StemMp4Audio(mix, {s: stems.view(s) for s in stems.sources}, stems.samplerate,
+                         tags)
     return stage_stem_mp4(path, audio, plan.stem_slots(stems.sources), plan.fmt,
                           rate_out=rate_out, frames_out=frames_out, overwrite=plan.overwrite,
                           cancel=cancel)

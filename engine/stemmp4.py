@@ -140,6 +140,7 @@ class StemMp4Audio:
     master: Any
     stems: Mapping[str, Any]
     rate: int
+    tags: Mapping[str, str] | None = None  # title, artist... (`engine.m4a.COPIED_TAGS`)
 
 
 def write_stem_mp4(path: Path, audio: StemMp4Audio, slots: StemMap, fmt: OutputFormat, *,
@@ -188,13 +189,13 @@ def stage_stem_mp4(path: Path, audio: StemMp4Audio, slots: StemMap, fmt: OutputF
         raise OutputExistsError(f"{path} exists already: pass --overwrite to replace it.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return _write_temp(path, signals, slots, fmt, cancel)
+        return _write_temp(path, signals, slots, fmt, cancel, audio.tags)
     except (OSError, av.FFmpegError) as err:
         raise DemixerError(f"{path} cannot be written ({io_reason(err, path)}).") from None
 
 
 def _write_temp(path: Path, signals: list[MixSignal], slots: StemMap, fmt: OutputFormat,
-                cancel: threading.Event | None) -> Path:
+                cancel: threading.Event | None, tags: Mapping[str, str] | None) -> Path:
     divisor = np.float32(1.0)
     if fmt.clip_mode == "rescale":
         divisor = rescale_divisor(max(peak_of(s.blocks(cancel, path)) for s in signals))
@@ -203,7 +204,7 @@ def _write_temp(path: Path, signals: list[MixSignal], slots: StemMap, fmt: Outpu
     try:
         writer = M4aWriter(tmp, fmt.container, first.rate_out, first.channels,
                            streams=len(signals), sample_format=fmt.sample_format,
-                           bitrate_kbps=fmt.aac_bitrate)
+                           bitrate_kbps=fmt.aac_bitrate, tags=tags)
         try:
             # NB: the tracks advance in step, so the muxer interleaves them with little buffering
             for blocks in zip(*(s.blocks(cancel, path) for s in signals), strict=True):

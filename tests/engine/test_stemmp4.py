@@ -190,3 +190,25 @@ def test_mapping_mistakes_are_one_sentence(text: str, words: str) -> None:
     with pytest.raises(DemixerError, match=words) as info:
         parse_stem_map(text, SIX)
     assert str(info.value).count(".") >= 1 and "\n" not in str(info.value)
+
+
+def test_the_inputs_tags_go_into_the_stem_file(tmp_path: Path) -> None:
+    import soundfile as sf
+
+    from engine.m4a import read_tags
+
+    song = tmp_path / "in.flac"
+    with sf.SoundFile(str(song), "w", RATE, 2, format="FLAC") as f:
+        f.title, f.artist, f.album = "Strobe", "deadmau5", "For Lack of a Better Name"
+        f.write(np.zeros((100, 2), np.float32))
+    tags = read_tags(song)
+    assert tags == {"title": "Strobe", "artist": "deadmau5",
+                    "album": "For Lack of a Better Name"}
+    assert read_tags(tmp_path / "missing.wav") == {}
+    stems = _stems(RATE)
+    master = np.sum(list(stems.values()), axis=0, dtype=np.float32)
+    path = write_stem_mp4(tmp_path / "x.stem.mp4", StemMp4Audio(master, stems, RATE, tags),
+                          default_stem_map(SIX), OutputFormat("aac"))
+    with av.open(str(path)) as container:
+        assert {k: container.metadata.get(k) for k in tags} == tags
+    assert [b[0] for b in walk(path.read_bytes())].count("moov/udta/meta") == 1
