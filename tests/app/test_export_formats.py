@@ -250,3 +250,35 @@ def test_a_lane_header_drag_starts_a_copy_drag_of_the_written_file(shown, tmp_pa
     assert requested == [1] and view.headers[4].context_menu().actions() == []  # the original
     view.set_track(None)
     track.close()
+
+
+def test_right_click_exports_that_stem_alone(shown, stems, tmp_path, monkeypatch, qtbot) -> None:  # type: ignore[no-untyped-def]
+    window, _ = shown
+
+    def answer(dialog: ExportDialog) -> int:
+        assert dialog.some.isChecked()
+        assert [i for i, box in dialog.checks.items() if box.isChecked()] == [3]
+        _choose_kind(dialog, "flac", tmp_path)
+        return ExportDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(ExportDialog, "exec", answer)
+    [action] = window.track_view.headers[3].context_menu().actions()
+    with qtbot.waitSignal(window.exporter.finished, timeout=30000) as finished:
+        action.trigger()
+    assert [p.name for p in finished.args[0]] == ["vocals.flac"]
+
+
+def test_dragging_from_the_window_uses_the_preferences_format(shown, settings, tmp_path,  # type: ignore[no-untyped-def]
+                                                              monkeypatch) -> None:
+    import tempfile
+
+    window, _ = shown
+    window.settings.container = "aac"
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    mime = window.track_view.headers[0].drag_source()
+    assert mime is not None
+    [url] = mime.urls()
+    path = Path(url.toLocalFile())
+    assert path.name == "Song - Drums.m4a" and tmp_path in path.parents
+    with av.open(str(path)) as container:
+        assert container.streams.audio[0].codec_context.name == "aac"
