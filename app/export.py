@@ -6,6 +6,8 @@ so the file exists before the drop, as a drag from the Finder gives it."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import tempfile
 import threading
@@ -170,16 +172,20 @@ def _write_stem_mp4(track: TrackAudio, file: ExportFile, fmt: OutputFormat,
 
 def drag_export(track: TrackAudio, lane: int, fmt: OutputFormat,
                 root: Path | None = None) -> QMimeData:
-    """Write lane `lane` as "TITLE - Lane.EXT" in a new folder under `root` (the system's
-    temp folder by default) and return the drag's data: that file's URL. Raises
-    DemixerError (one sentence) if it cannot be written; folders of earlier drags older
-    than a day are removed first."""
+    """Write lane `lane` as "TITLE - Lane.EXT" under `root` (the system's temp folder by
+    default) and return the drag's data: that file's URL. The same lane dragged again in the
+    same format reuses the file (AAC takes seconds per minute of audio; a finished song's
+    stems never change). Raises DemixerError (one sentence) if it cannot be written; folders
+    of drags older than a day are removed first."""
     root = root or Path(tempfile.gettempdir()) / DRAG_FOLDER
     _remove_old_drags(root)
-    root.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(dir=root))
+    key = repr((track.title, str(track.stems.directory), lane, track.frames, fmt))
+    folder = root / hashlib.sha256(key.encode()).hexdigest()[:16]
     name = f"{track.title} - {track.lanes[lane].title}.{fmt.ext}".replace("/", "-")
-    path = write_file(track, ExportFile(folder / name, (lane,), (1.0,)), fmt)
+    path = folder / name
+    if not path.is_file():
+        write_file(track, ExportFile(path, (lane,), (1.0,)), fmt)
+    os.utime(folder)  # kept a day from its last drag
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(path))])
     return mime

@@ -188,6 +188,15 @@ def test_dragging_a_lane_out_writes_it_and_offers_its_url(shown, stems, tmp_path
     assert path.parent.parent == tmp_path / "drags"
     [samples] = _decode(path)
     np.testing.assert_allclose((samples >> 8) / 2.0**23, stems["bass"], atol=2.0**-23)
+    made = path.stat().st_mtime_ns
+    track = entry.open_track()
+    try:  # dragged again: the same file, not written twice
+        [again] = drag_export(track, 1, OutputFormat("alac", "int24"), tmp_path / "drags").urls()
+        [other] = drag_export(track, 1, OutputFormat("wav"), tmp_path / "drags").urls()
+    finally:
+        track.close()
+    assert Path(again.toLocalFile()) == path and path.stat().st_mtime_ns == made
+    assert Path(other.toLocalFile()).name == "Song - Bass.wav"
 
 
 def test_preferences_keep_an_aac_bit_rate_apart_from_mp3s(settings, qtbot) -> None:  # type: ignore[no-untyped-def]
