@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from PySide6.QtCore import QEvent, QTimer
+from PySide6.QtCore import QEvent, QMimeData, Qt, QTimer
 from PySide6.QtGui import (
     QCloseEvent,
     QDragEnterEvent,
@@ -21,6 +21,7 @@ from PySide6.QtGui import (
     QGuiApplication,
 )
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QLabel,
     QMainWindow,
@@ -32,7 +33,7 @@ from PySide6.QtWidgets import (
 
 from app.actions import WindowActions
 from app.audio_output import AudioOutput
-from app.export import ExportDialog, Exporter, ExportFile, keep_both
+from app.export import ExportDialog, Exporter, ExportFile, drag_export, keep_both
 from app.firstrun import ModelDialog
 from app.library import Damaged, Library, LibraryEntry, complete_newest_first
 from app.mixer import Mixer
@@ -50,6 +51,7 @@ from app.track import TrackAudio
 from app.trackview import DropHint, TrackView
 from app.transport import SongTransport
 from engine.decode import find_audio_files
+from engine.errors import DemixerError
 
 if TYPE_CHECKING:
     from engine.calibrate import CalibrationProgress
@@ -158,6 +160,8 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
         lib.damagedRequested.connect(self.resolve_damaged)
         lib.separateRequested.connect(self.separate_again_with)
         self.track_view.gainsChanged.connect(self.mixer.set_gains)
+        self.track_view.laneExportRequested.connect(self.export_lane)
+        self.track_view.drag_source = self.drag_lane
         self.track_view.timeline.seekRequested.connect(self.seek)
         self.model_box.currentIndexChanged.connect(
             lambda: setattr(self.settings, "model", self.model_box.currentData()))
@@ -255,15 +259,41 @@ class MainWindow(SongTransport, WindowActions, QMainWindow):
         self.export()
 
     def export(self) -> None:
+        self._export_with(self.track_view.selected_lanes(), only_selected=False)
+
+    def export_lane(self, lane: int) -> None:
+        """A lane's "Export “Drums”…": the dialog with that stem alone selected."""
+        self._export_with([lane], only_selected=True)
+
+    def _export_with(self, selected: list[int], only_selected: bool) -> None:
         entry, track = self._export_entry(), self.track
         if entry is None or track is None or self.exporter.busy:
             return
-        dialog = ExportDialog(track, list(self.track_view.gains()),
-                              self.track_view.selected_lanes(), self.settings, self,
-                              mix_first=self.mix_keeper.shaped(), rate=self.practice.bar.rate())
+        dialog = ExportDialog(track, list(self.track_view.gains()), selected, self.settings,
+                              self, mix_first=self.mix_keeper.shaped() and not only_selected,
+                              rate=self.practice.bar.rate())
+        if only_selected:
+            dialog.some.setChecked(True)
         if dialog.exec() != ExportDialog.DialogCode.Accepted:
             return
         self.start_export(entry, dialog.files(), dialog.fmt())
+
+    def drag_lane(self, lane: int) -> QMimeData | None:
+        """A lane dragged out: its stem written to a temporary file in the Preferences' format
+        (the drag waits for it, a second or so), or None with the reason in the status bar."""
+        entry = self._export_entry()
+        if entry is None or self.exporter.busy:
+            return None
+        track = entry.open_track()
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        try:
+            return drag_export(track, lane, self.settings.output_format())
+        except DemixerError as err:
+            self.statusBar().showMessage(str(err), 10000)
+            return None
+        finally:
+            QApplication.restoreOverrideCursor()
+            track.close()
 
     def start_export(self, entry: LibraryEntry, files: list[ExportFile],
                      fmt: OutputFormat) -> None:

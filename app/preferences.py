@@ -26,6 +26,7 @@ from app.audio_output import output_devices
 from app.calibration import CalibrationPanel
 from app.settings import Settings
 from engine.backends import coreml_supported
+from engine.m4a import AAC_BITRATES
 from engine.writers import MP3_BITRATES
 
 if TYPE_CHECKING:
@@ -39,7 +40,10 @@ QUALITY_TITLES = {"default": "Default (within 60 dB of the reference)",
                   "fast": "Fast (within 40 dB)"}
 UNIT_TITLES = {"all": "Neural Engine, GPU and CPU", "cpu_and_gpu": "GPU and CPU",
                "cpu_only": "CPU only"}
-CONTAINER_TITLES = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3"}
+CONTAINER_TITLES = {"wav": "WAV", "flac": "FLAC", "mp3": "MP3", "aac": "AAC (.m4a)",
+                    "alac": "Apple Lossless (.m4a)"}
+LOSSY = ("mp3", "aac", "stem-aac")
+INTEGER_ONLY = ("flac", "alac", "stem-alac")
 DEPTH_TITLES = {"int16": "16-bit", "int24": "24-bit", "float32": "32-bit float"}
 
 
@@ -51,18 +55,34 @@ def combo(choices: dict[str, str], current: str) -> QComboBox:
     return box
 
 
-def update_depths(container: QComboBox, depth: QComboBox, bitrate: QWidget | None) -> None:
-    """Bit depths a container can hold: MP3 has none to choose, FLAC no float."""
+def update_depths(container: QComboBox, depth: QComboBox, bitrate: QComboBox | None,
+                  settings: Settings | None = None) -> None:
+    """Bit depths a container can hold: MP3 and AAC have none to choose, FLAC and ALAC no
+    float; the bit rates are MP3's or AAC's (the one last chosen for it selected)."""
     kind = container.currentData()
     model = depth.model()
     for i in range(depth.count()):
-        allowed = kind == "wav" or (kind == "flac" and depth.itemData(i) != "float32")
+        allowed = kind == "wav" or (kind in INTEGER_ONLY and depth.itemData(i) != "float32")
         model.item(i).setEnabled(allowed)  # type: ignore[attr-defined]
     if not model.item(depth.currentIndex()).isEnabled():  # type: ignore[attr-defined]
         depth.setCurrentIndex(depth.findData("int24"))
-    depth.setEnabled(kind != "mp3")
+    depth.setEnabled(kind not in LOSSY)
     if bitrate is not None:
-        bitrate.setEnabled(kind == "mp3")
+        fill_bitrates(bitrate, kind, settings)
+        bitrate.setEnabled(kind in LOSSY)
+
+
+def fill_bitrates(box: QComboBox, kind: str, settings: Settings | None) -> None:
+    """MP3's or AAC's bit rates in `box`, keeping the selection if the list is the same."""
+    rates = [b for b in reversed(MP3_BITRATES) if b >= 128] if kind == "mp3" else list(
+        reversed(AAC_BITRATES))
+    if [box.itemData(i) for i in range(box.count())] == [str(b) for b in rates]:
+        return
+    current = settings.bitrate(kind.removeprefix("stem-")) if settings is not None else None
+    box.clear()
+    for b in rates:
+        box.addItem(f"{b} kbit/s", str(b))
+    box.setCurrentIndex(max(0, box.findData(str(current or rates[0]))))
 
 
 class PreferencesDialog(QDialog):
@@ -77,8 +97,8 @@ class PreferencesDialog(QDialog):
         self._separation_widgets(settings, service, model_key)
         self._output_widgets(settings)
         self.container.currentIndexChanged.connect(
-            lambda: update_depths(self.container, self.depth_box, self.bitrate))
-        update_depths(self.container, self.depth_box, self.bitrate)
+            lambda: update_depths(self.container, self.depth_box, self.bitrate, settings))
+        update_depths(self.container, self.depth_box, self.bitrate, settings)
         self._build(self.choose)
 
     def _separation_widgets(self, settings: Settings, service: SeparationService | None,
@@ -115,8 +135,7 @@ class PreferencesDialog(QDialog):
         self.choose.clicked.connect(self._choose_folder)
         self.container = combo(CONTAINER_TITLES, settings.container)
         self.depth_box = combo(DEPTH_TITLES, settings.sample_format)
-        self.bitrate = combo({str(b): f"{b} kbit/s" for b in reversed(MP3_BITRATES)
-                              if b >= 128}, str(settings.mp3_bitrate))
+        self.bitrate = QComboBox()
         self.device = QComboBox()
         self.device.addItem("System default", "")
         for name in output_devices():
@@ -142,7 +161,7 @@ class PreferencesDialog(QDialog):
         form.addRow("Output folder:", folder)
         form.addRow("Format:", self.container)
         form.addRow("Bit depth:", self.depth_box)
-        form.addRow("MP3 bit rate:", self.bitrate)
+        form.addRow("Bit rate (MP3, AAC):", self.bitrate)
         form.addRow(QLabel("<b>Playback</b>"))
         form.addRow("Audio output:", self.device)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok
@@ -168,7 +187,10 @@ class PreferencesDialog(QDialog):
         s.output_dir = Path(self.folder.text().strip() or str(s.output_dir)).expanduser()
         s.container = self.container.currentData()
         s.sample_format = self.depth_box.currentData()
-        s.mp3_bitrate = int(self.bitrate.currentData())
+        if s.container == "mp3":
+            s.mp3_bitrate = int(self.bitrate.currentData())
+        elif s.container == "aac":
+            s.aac_bitrate = int(self.bitrate.currentData())
         s.audio_device = self.device.currentData()
         s.sync()
         super().accept()

@@ -26,7 +26,7 @@ def _seconds(path: Path, mtime_ns: int) -> float | None:
 def song_seconds(item: QueueItem) -> float | None:
     """The song's length: from its decoded track if known, else from the file's header."""
     if item.info:
-        return float(item.info["source_frames"]) / float(item.info["source_rate"])
+        return item.info.source_frames / item.info.source_rate
     try:
         return _seconds(item.path, item.path.stat().st_mtime_ns)
     except OSError:

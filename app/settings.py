@@ -10,11 +10,14 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from engine.m4a import AAC_DEFAULT_BITRATE
 from engine.options import COMPUTE_UNITS, CONTAINERS, MODELS, QUALITIES, SAMPLE_FORMATS
 from engine.writers import OutputFormat
 
 # the option lists are the engine's (engine.options); Preferences offers these backends
 BACKENDS = ("auto", "torch", "coreml")
+# Export only: NI Stems files (engine.stemmp4), AAC or ALAC inside.
+STEM_CONTAINERS = ("stem-aac", "stem-alac")
 MAX_RECENT = 10
 
 
@@ -139,8 +142,20 @@ class Settings:
     def mp3_bitrate(self, value: int) -> None:
         self.store.setValue("output/mp3_bitrate", int(value))
 
+    @property
+    def aac_bitrate(self) -> int:
+        return int(self._get("output/aac_bitrate", AAC_DEFAULT_BITRATE, int))  # type: ignore[call-overload]
+
+    @aac_bitrate.setter
+    def aac_bitrate(self, value: int) -> None:
+        self.store.setValue("output/aac_bitrate", int(value))
+
+    def bitrate(self, container: str) -> int:
+        """The bit rate last chosen for a lossy container (kbit/s)."""
+        return self.mp3_bitrate if container == "mp3" else self.aac_bitrate
+
     def output_format(self) -> OutputFormat:
-        return output_format(self.container, self.sample_format, self.mp3_bitrate)
+        return output_format(self.container, self.sample_format, self.bitrate(self.container))
 
     # --- playback, view, files, window ------------------------------------------------------
     @property
@@ -184,11 +199,16 @@ class Settings:
         self.store.sync()
 
 
-def output_format(container: str, sample_format: str, mp3_bitrate: int = 320) -> OutputFormat:
-    """An engine OutputFormat from the app's choices (MP3 is always 16-bit in the encoder)."""
-    if container == "mp3":
+def output_format(container: str, sample_format: str, bitrate: int = 320) -> OutputFormat:
+    """An engine OutputFormat from the app's choices: MP3 is always 16-bit in the encoder,
+    AAC has no depth, FLAC and ALAC no float; `bitrate` is MP3's or AAC's (kbit/s). An NI
+    Stems choice ("stem-aac", "stem-alac") gives its codec's format."""
+    container = container.removeprefix("stem-")
+    if container in ("mp3", "aac"):
         sample_format = "int16"
-    elif container == "flac" and sample_format == "float32":
+    elif container in ("flac", "alac") and sample_format == "float32":
         sample_format = "int24"
+    if container == "aac":
+        return OutputFormat(container="aac", aac_bitrate=bitrate)
     return OutputFormat(container=container, sample_format=sample_format,  # type: ignore[arg-type]
-                        mp3_bitrate=mp3_bitrate)
+                        mp3_bitrate=bitrate if container == "mp3" else 320)

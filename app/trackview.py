@@ -3,17 +3,23 @@
 Each lane has a header (colour, name, Mute, Solo, volume) and a waveform. The view owns the
 lanes' mute/solo/volume state and turns it into per-lane gains (`gainsChanged`); it owns no
 audio. `poll()` (the window's 30 Hz timer) picks up peaks and the ready mark as they grow.
+A header dragged out of the window carries that stem as a file (`drag_source`, the window's
+`app.export.drag_export`); right-click offers to export it alone (`laneExportRequested`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent
+from PySide6.QtCore import QMimeData, QPoint, Qt, Signal
+from PySide6.QtGui import QColor, QContextMenuEvent, QDrag, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
+    QApplication,
     QGridLayout,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QScrollBar,
     QSizePolicy,
     QSlider,
@@ -95,10 +101,13 @@ def decibels(gain: float) -> str:
 
 class LaneHeader(QWidget):
     changed = Signal()
+    exportRequested = Signal()  # "Export “Drums”…" in its context menu
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.lane: Lane | None = None
+        self.drag_source: Callable[[], QMimeData | None] | None = None
+        self._press: QPoint | None = None
         self.setFixedWidth(HEADER_WIDTH)
         self.name = QLabel()
         self.name.setObjectName("lane-name")
@@ -145,6 +154,8 @@ class LaneHeader(QWidget):
         self.name.setText(lane.title)
         self.swatch.colour = QColor(lane.colour)
         self.swatch.update()
+        self.name.setToolTip(f"Drag {lane.title} out to a folder or a DAW to export it; "
+                             "right-click for more")
         self.mute.setToolTip(f"Mute {lane.title}")
         self.solo.setToolTip(f"Solo {lane.title}")
         self.blockSignals(True)  # one gainsChanged for the whole view, from the caller
@@ -153,6 +164,39 @@ class LaneHeader(QWidget):
         self.volume.setValue(100)
         self._changed()
         self.blockSignals(False)
+
+    def context_menu(self) -> QMenu:
+        menu = QMenu(self)
+        if self.lane is not None and not self.lane.original:
+            menu.addAction(f"Export “{self.lane.title}”…", self.exportRequested.emit)
+        return menu
+
+    def contextMenuEvent(self, event: QContextMenuEvent) -> None:
+        menu = self.context_menu()
+        if menu.actions():
+            menu.exec(event.globalPos())
+
+    def mousePressEvent(self, event: QMouseEvent) -> None:
+        left = event.button() == Qt.MouseButton.LeftButton
+        self._press = event.position().toPoint() if left else None
+        super().mousePressEvent(event)
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        if self._press is not None and (event.position().toPoint() - self._press
+                                        ).manhattanLength() >= QApplication.startDragDistance():
+            self._press = None
+            self.start_drag()
+        super().mouseMoveEvent(event)
+
+    def start_drag(self) -> Qt.DropAction:
+        """Drag this lane out as a file: the source writes it first (a temporary file in
+        the export format), then a copy drag offers its URL to the Finder or a DAW."""
+        mime = self.drag_source() if self.drag_source is not None else None
+        if mime is None:
+            return Qt.DropAction.IgnoreAction
+        drag = QDrag(self)
+        drag.setMimeData(mime)
+        return drag.exec(Qt.DropAction.CopyAction)
 
     def _changed(self) -> None:
         db = decibels(slider_gain(self.volume.value()))
@@ -179,11 +223,14 @@ class LaneHeader(QWidget):
 
 class TrackView(QWidget):
     gainsChanged = Signal(object)  # np.ndarray of per-lane gains
+    laneExportRequested = Signal(int)  # a lane's "Export “Drums”…"
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.timeline = Timeline(self)
         self.track: TrackAudio | None = None
+        # lane index -> the drag's data (a written file's URL), None if it cannot be made
+        self.drag_source: Callable[[int], QMimeData | None] | None = None
         self.peaks: list[Peaks] = []
         self.headers: list[LaneHeader] = []
         self.waves: list[WaveformWidget] = []
@@ -229,6 +276,8 @@ class TrackView(QWidget):
             header = LaneHeader()
             wave = WaveformWidget(self.timeline, Peaks(0), "#999999", grows=False)
             header.changed.connect(self._emit_gains)
+            header.exportRequested.connect(lambda i=row - 1: self.laneExportRequested.emit(i))
+            header.drag_source = lambda i=row - 1: self._drag_data(i)
             self.grid.addWidget(header, row, 0)
             self.grid.addWidget(wave, row, 1)
             header.hide()
@@ -278,6 +327,11 @@ class TrackView(QWidget):
     def add_to_head(self, widget: QWidget) -> None:
         """A control beside the song's title (the practice controls)."""
         self.head.addWidget(widget)
+
+    def _drag_data(self, lane: int) -> QMimeData | None:
+        if self.drag_source is None or self.track is None or not self.track.complete:
+            return None
+        return self.drag_source(lane)
 
     def set_info(self, text: str) -> None:
         self.info.setText(text)

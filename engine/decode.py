@@ -114,7 +114,8 @@ class _Source:
 # MP4's track duration, Matroska's), as libsndfile and FFmpeg name them. MP3 only with a
 # Xing/Info frame (`_mp3_frame_count_tagged`); WAV/AIFF readers trust the file's size.
 _EXACT_SNDFILE = frozenset({"FLAC", "OGG"})
-_EXACT_FFMPEG = frozenset({"flac", "ogg", "mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm"})
+_MP4 = "mov,mp4,m4a,3gp,3g2,mj2"
+_EXACT_FFMPEG = frozenset({"flac", "ogg", _MP4, "matroska,webm"})
 # How far short of the declared length a decode may end: an MP3's declared count includes
 # the encoder's delay and padding (a few thousand samples), other formats are exact.
 _SHORT_TOLERANCE = 4608
@@ -309,6 +310,8 @@ def _av_source(path: Path) -> Iterator[_Source]:
         estimate = _av_frames_estimate(container, stream)
         exact = container.format.name in _EXACT_FFMPEG or (
             container.format.name == "mp3" and _mp3_frame_count_tagged(path))
+        if container.format.name == _MP4 and estimate is not None and first.rate == stream.rate:
+            blocks = _take(blocks, estimate)  # AAC's last frame is padded past the edit list
         yield _Source(first.rate, first.layout.nb_channels, estimate, blocks,
                       estimate if exact and first.rate == stream.rate else None)
 
@@ -382,6 +385,18 @@ def _frame_start(frame: av.AudioFrame, rate: int) -> int | None:
     if frame.pts is None or frame.time_base is None:
         return None
     return round(frame.pts * frame.time_base * rate)
+
+
+def _take(blocks: Iterator[np.ndarray], frames: int) -> Iterator[np.ndarray]:
+    """The first `frames` frames of (C, n) blocks: an MP4 track ends where its edit list
+    says (FFmpeg drops AAC's priming at the start, but decodes the padding of the last
+    frame, up to 1023 samples, which `engine.m4a` and every AAC encoder write)."""
+    left = frames
+    for block in blocks:
+        if left <= 0:
+            return
+        yield block[:, :left]
+        left -= block.shape[1]
 
 
 def _rebatch(arrays: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:

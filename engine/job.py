@@ -172,7 +172,8 @@ class SeparationJob:
             rate, frames = self._output_rate()
             self.result.written = write_outputs(self.plan, self.path, self.stems, rate, frames,
                                                 cancel=self.cancel_event,
-                                                track_name=self.track_name)
+                                                track_name=self.track_name,
+                                                mix=self.track.audio)
 
     def _on_notice(self, text: str) -> None:
         self.on_event(JobEvent("notice", message=text))

@@ -3,22 +3,35 @@
 An `OutputPlan` names every file before any separation starts, so an existing stem is reported
 at once (unless `overwrite`) instead of after minutes of work. `--two-stems STEM` writes STEM
 and `no_STEM` (the sum of the others, as demucs); `--mix NAME=a+b` writes custom sums.
+`--stem-mp4` writes one NI Stems file per track instead, `OUT/MODEL/TRACK.stem.mp4`: the
+original mix and the model's stems mapped onto NI's four (`engine.stemmp4`).
 """
 
 from __future__ import annotations
 
 import glob
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.atomicio import Staged, commit_all, discard_temps
 from engine.errors import CancelFlag, DemixerError, OutputExistsError
+from engine.m4a import read_tags
 from engine.stembuffers import StemBuffers
+from engine.stemmp4 import (
+    STEM_MP4_SUFFIX,
+    StemMap,
+    StemMp4Audio,
+    default_stem_map,
+    parse_stem_map,
+    stage_stem_mp4,
+)
 from engine.writers import OutputFormat, io_reason, stage_audio
 
 DEFAULT_TEMPLATE = "{track}/{stem}.{ext}"
+STEM_MP4 = "stem.mp4"  # the output name of the NI Stems file
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,14 @@ class OutputPlan:
     stems: tuple[str, ...] | None = None  # a subset of the sources; None = all
     keep_model_rate: bool = False
     overwrite: bool = False
+    stem_mp4: bool = False  # one NI Stems file per track instead of stem files
+    stem_map: str | None = None  # its mapping (`engine.stemmp4.parse_stem_map`); None: default
+
+    def stem_slots(self, sources: Sequence[str]) -> StemMap:
+        """NI's four stems for a model with `sources` (DemixerError for a bad --stem-map)."""
+        if self.stem_map is None:
+            return default_stem_map(sources)
+        return parse_stem_map(self.stem_map, sources)
 
 
 def parse_mix(text: str) -> tuple[str, tuple[str, ...]]:
@@ -45,7 +66,10 @@ def parse_mix(text: str) -> tuple[str, tuple[str, ...]]:
 
 
 def outputs_for(plan: OutputPlan, sources: list[str]) -> dict[str, tuple[str, ...]]:
-    """Output name -> the sources summed into it."""
+    """Output name -> the sources summed into it (an NI Stems file holds them all)."""
+    if plan.stem_mp4:
+        plan.stem_slots(sources)  # raises for a --stem-map that does not fit the model
+        return {STEM_MP4: tuple(sources)}
     unknown = {s for _, parts in plan.mixes for s in parts} | {plan.two_stems} | set(
         plan.stems or ())
     unknown -= set(sources) | {None}
@@ -66,6 +90,8 @@ def output_paths(plan: OutputPlan, track: Path, names: list[str],
     """Output name -> file. `track_name` replaces the input's stem in {track} (a batch gives
     `song (2)` to a second input called `song`)."""
     base = plan.root / plan.model_name
+    if plan.stem_mp4:
+        return {STEM_MP4: base / f"{track_name or track.stem}{STEM_MP4_SUFFIX}"}
     paths = {}
     for name in names:
         rel = plan.template.format(track=track_name or track.stem,
@@ -92,13 +118,15 @@ def check_outputs(plan: OutputPlan, track: Path, sources: list[str],
 
 def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: int,
                   frames_out: int, cancel: CancelFlag | None = None,
-                  track_name: str | None = None) -> list[Path]:
+                  track_name: str | None = None, mix: Any = None) -> list[Path]:
     """Write every output, all or nothing.
 
     Each file is written whole to a temporary beside its target first; only when all are
     complete are they swapped in (`engine.atomicio.commit_all`). On a failure or cancel at
     any point the old files (with `overwrite`) stay whole, and only files this call created
-    are removed, known by identity, so another process's file of the same name is safe."""
+    are removed, known by identity, so another process's file of the same name is safe.
+    `mix` ((C, N) float32 at the stems' rate, the decoded input) is the master of an NI
+    Stems file, needed with `plan.stem_mp4` only."""
     mixes = outputs_for(plan, stems.sources)
     paths = check_outputs(plan, track, stems.sources, track_name)
     for path in paths.values():
@@ -106,6 +134,10 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
     staged: list[Staged] = []
     try:
         for name, parts in mixes.items():
+            if plan.stem_mp4:
+                staged.append(Staged.of(paths[name], _stage_stem_mp4(
+                    plan, track, paths[name], stems, mix, rate_out, frames_out, cancel)))
+                continue
             views: list[Any] = [stems.view(s) for s in parts]  # (C, N) array-likes
             temp = stage_audio(paths[name], views, stems.samplerate, rate_out=rate_out,
                                frames_out=frames_out, fmt=plan.fmt, overwrite=plan.overwrite,
@@ -115,6 +147,18 @@ def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: i
     finally:
         discard_temps(staged)
     return [item.target for item in staged]
+
+
+def _stage_stem_mp4(plan: OutputPlan, track: Path, path: Path, stems: StemBuffers, mix: Any,
+                    rate_out: int, frames_out: int, cancel: CancelFlag | None) -> Path:
+    if mix is None:
+        raise ValueError("an NI Stems file needs the original mix as its master")
+    tags = {"title": path.name.removesuffix(STEM_MP4_SUFFIX)} | read_tags(track)
+    audio = StemMp4Audio(mix, {s: stems.view(s) for s in stems.sources}, stems.samplerate,
+                         tags)
+    return stage_stem_mp4(path, audio, plan.stem_slots(stems.sources), plan.fmt,
+                          rate_out=rate_out, frames_out=frames_out, overwrite=plan.overwrite,
+                          cancel=cancel)
 
 
 STALE_TEMP_S = 3600.0  # a stem's temporary untouched this long belongs to a crashed writer

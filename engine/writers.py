@@ -1,4 +1,4 @@
-"""Write stems (or sums of stems) to WAV, FLAC or MP3, streaming and atomically.
+"""Write stems (or sums of stems) to WAV, FLAC, MP3, AAC or ALAC, streaming and atomically.
 
 The last stage of the pipeline (DESIGN.md). Inputs are (C, N) float32 arrays, usually
 np.memmap stems at the model's rate; a 20-minute stem is 400 MB, so the signal
@@ -31,12 +31,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
+import av
 import lameenc
 import numpy as np
 import soundfile as sf
 
 from engine.atomicio import Staged, commit_all, discard_temps, fsync_path
 from engine.errors import CancelFlag, DemixerError, OutputExistsError, check_cancel
+from engine.m4a import AAC_BITRATES, AAC_DEFAULT_BITRATE, M4aEncoder
 from engine.resample import StreamResampler, resampled_length
 
 BLOCK_FRAMES = 1 << 16  # ~1.5 s at 44.1 kHz: 0.5 MB per stereo float32 block
@@ -54,21 +56,28 @@ _RIFF_LIMIT = 0xFFFF_FFFF - (1 << 20)  # a WAV's sizes are 32-bit; beyond, RF64 
 class OutputFormat:
     """How stems are written. `ext` is the file extension without a dot."""
 
-    container: Literal["wav", "flac", "mp3"] = "wav"
+    container: Literal["wav", "flac", "mp3", "aac", "alac"] = "wav"
     sample_format: Literal["int16", "int24", "float32"] = "int16"
     mp3_bitrate: int = 320
     clip_mode: Literal["rescale", "clamp", "none"] = "rescale"
+    aac_bitrate: int = AAC_DEFAULT_BITRATE
 
     @property
     def ext(self) -> str:
-        return self.container
+        return "m4a" if self.container in ("aac", "alac") else self.container
+
+    @property
+    def lossy(self) -> bool:
+        """MP3 and AAC: encoded from floats (AAC) or 16 bits (MP3), at a bit rate."""
+        return self.container in ("mp3", "aac")
 
     def rate_for(self, rate: int) -> int:
-        """The rate to write a `rate` Hz source at: itself, except for MP3 (8-48 kHz only):
-        the highest MP3 rate below it, of the 44.1 kHz family for multiples of 11025 Hz
-        (96 kHz -> 48 kHz, 88.2 kHz -> 44.1 kHz, 6 kHz -> 8 kHz). Callers pass frames_out
-        to match: `resampled_length(source_frames, rate, fmt.rate_for(rate))`."""
-        if self.container != "mp3" or rate in MP3_RATES:
+        """The rate to write a `rate` Hz source at: itself, except for MP3 and AAC (8-48 kHz
+        here; AAC above 48 kHz is legal but Traktor and many players refuse it, so NI's tool
+        resamples too): the highest such rate below it, of the 44.1 kHz family for multiples
+        of 11025 Hz (96 kHz -> 48 kHz, 88.2 kHz -> 44.1 kHz, 6 kHz -> 8 kHz). Callers pass
+        frames_out to match: `resampled_length(source_frames, rate, fmt.rate_for(rate))`."""
+        if not self.lossy or rate in MP3_RATES:
             return rate
         family_44k = rate % 11025 == 0
         below = [r for r in MP3_RATES if r <= rate and (not family_44k or r % 11025 == 0)]
@@ -77,19 +86,22 @@ class OutputFormat:
     def validate(self, rate: int | None = None) -> None:
         """Raise DemixerError (one sentence) for a combination that cannot be written; with
         `rate`, also check that the container can hold that sample rate."""
-        if self.container not in ("wav", "flac", "mp3"):
-            raise DemixerError(f"Unknown output format {self.container!r}: use wav, flac or mp3.")
+        if self.container not in ("wav", "flac", "mp3", "aac", "alac"):
+            raise DemixerError(f"Unknown output format {self.container!r}: use wav, flac, mp3, "
+                               "aac or alac.")
         if self.sample_format not in _SUBTYPES:
             raise DemixerError(f"Unknown sample format {self.sample_format!r}: "
                                "use int16, int24 or float32.")
         if self.clip_mode not in ("rescale", "clamp", "none"):
             raise DemixerError(f"Unknown clip mode {self.clip_mode!r}: "
                                "use rescale, clamp or none.")
-        if self.container == "flac" and self.sample_format == "float32":
-            raise DemixerError("FLAC cannot store float32 samples: use int16 or int24, "
-                               "or WAV for float32.")
+        if self.container in ("flac", "alac") and self.sample_format == "float32":
+            raise DemixerError(f"{self.container.upper()} cannot store float32 samples: use "
+                               "int16 or int24, or WAV for float32.")
         if self.container == "mp3":
             self._validate_mp3(rate)
+        if self.container == "aac":
+            self._validate_aac(rate)
         if rate is not None and rate <= 0:
             raise DemixerError(f"The output sample rate must be positive, not {rate}.")
 
@@ -103,6 +115,17 @@ class OutputFormat:
         if rate is not None and rate not in MP3_RATES:
             raise DemixerError(f"MP3 cannot be written at {rate} Hz: use one of "
                                f"{', '.join(map(str, MP3_RATES))} Hz, or WAV/FLAC.")
+
+    def _validate_aac(self, rate: int | None) -> None:
+        if self.sample_format != "int16":
+            raise DemixerError(f"AAC has no bit depth to choose: {self.sample_format} applies to "
+                               "WAV, FLAC and ALAC only.")
+        if self.aac_bitrate not in AAC_BITRATES:
+            raise DemixerError(f"AAC bit rate {self.aac_bitrate} kbit/s is not offered: use one "
+                               f"of {', '.join(map(str, AAC_BITRATES))}.")
+        if rate is not None and rate not in MP3_RATES:
+            raise DemixerError(f"AAC is written at {', '.join(map(str, MP3_RATES))} Hz only, "
+                               f"not {rate} Hz: use ALAC, WAV or FLAC.")
 
 
 def export_rate(fmt: OutputFormat, source: tuple[int, int], model: tuple[int, int],
@@ -119,7 +142,7 @@ def export_rate(fmt: OutputFormat, source: tuple[int, int], model: tuple[int, in
 # ---------------------------------------------------------------- signal ------------------
 
 @dataclass(frozen=True)
-class _Signal:
+class MixSignal:
     """What to write: sum_i gains[i] * parts[i], (C, N) float32 at rate_in, resampled to
     rate_out and made exactly `frames` frames long."""
 
@@ -169,7 +192,7 @@ def rescale_divisor(peak: float) -> np.float32:
     return np.float32(max(np.float32(1.01) * np.float32(peak), np.float32(1.0)))
 
 
-def _prevent_clip(block: np.ndarray, mode: str, divisor: np.float32) -> np.ndarray:
+def prevent_clip(block: np.ndarray, mode: str, divisor: np.float32) -> np.ndarray:
     """demucs.audio.prevent_clip on one block, given the whole signal's rescale divisor."""
     if mode == "rescale":
         return block / divisor
@@ -388,6 +411,9 @@ def _open_encoder(tmp: Path, fmt: OutputFormat, rate: int, channels: int,
                   frames: int) -> _Encoder:
     if fmt.container == "mp3":
         return _Mp3Encoder(tmp, fmt, rate, channels)
+    if fmt.container in ("aac", "alac"):
+        return M4aEncoder(tmp, fmt.container, rate, channels, fmt.sample_format,
+                          fmt.aac_bitrate)
     return _SoundfileEncoder(tmp, fmt, rate, channels, frames)
 
 
@@ -404,17 +430,18 @@ def _check_parts(parts: Sequence[np.ndarray], gains: Sequence[float] | None, pat
     gains = tuple(gains) if gains is not None else (1.0,) * len(parts)
     if len(gains) != len(parts):
         raise ValueError(f"{path}: {len(gains)} gains for {len(parts)} parts")
-    if fmt.container == "mp3" and shape[0] not in (1, 2):
-        raise DemixerError(f"{path} cannot be written: MP3 holds 1 or 2 channels, "
-                           f"not {shape[0]}.")
+    if fmt.container in ("mp3", "aac", "alac") and shape[0] not in (1, 2):
+        name = fmt.container.upper()
+        raise DemixerError(f"{path} cannot be written: {name} files here hold 1 or 2 "
+                           f"channels, not {shape[0]}.")
     return gains
 
 
-def _temp_path(path: Path) -> Path:
+def partial_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
 
 
-def _peak(blocks: Iterator[np.ndarray]) -> float:
+def peak_of(blocks: Iterator[np.ndarray]) -> float:
     peak = 0.0
     for block in blocks:
         if block.size:
@@ -464,13 +491,13 @@ def stage_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
     gains = _check_parts(parts, gains, path, fmt)
     if frames_out is None:
         frames_out = resampled_length(parts[0].shape[1], rate_in, rate_out)
-    signal = _Signal(parts, gains, rate_in, rate_out, frames_out)
+    signal = MixSignal(parts, gains, rate_in, rate_out, frames_out)
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists already: pass --overwrite to replace it.")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         return _write_temp(path, signal, fmt, cancel)
-    except (OSError, sf.SoundFileError) as err:
+    except (OSError, sf.SoundFileError, av.FFmpegError) as err:
         raise DemixerError(f"{path} cannot be written ({io_reason(err, path)}).") from None
 
 
@@ -495,17 +522,17 @@ def _disk_nearly_full(folder: Path) -> bool:
         return False
 
 
-def _write_temp(path: Path, signal: _Signal, fmt: OutputFormat,
+def _write_temp(path: Path, signal: MixSignal, fmt: OutputFormat,
                 cancel: CancelFlag | None) -> Path:
     divisor = np.float32(1.0)
     if fmt.clip_mode == "rescale":  # a first pass for the peak, as the whole song is not in RAM
-        divisor = rescale_divisor(_peak(signal.blocks(cancel, path)))
-    tmp = _temp_path(path)
+        divisor = rescale_divisor(peak_of(signal.blocks(cancel, path)))
+    tmp = partial_path(path)
     try:
         encoder = _open_encoder(tmp, fmt, signal.rate_out, signal.channels, signal.frames)
         try:
             for block in signal.blocks(cancel, path):
-                encoder.write(_prevent_clip(block, fmt.clip_mode, divisor))
+                encoder.write(prevent_clip(block, fmt.clip_mode, divisor))
             encoder.finish()
         finally:
             encoder.close()

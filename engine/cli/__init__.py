@@ -107,8 +107,19 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--flac", action="store_true", help="write FLAC instead of WAV")
     kind.add_argument("--mp3", action="store_true", help="write MP3 (LAME, gapless)")
+    kind.add_argument("--aac", action="store_true", help="write AAC (.m4a, gapless)")
+    kind.add_argument("--alac", action="store_true",
+                      help="write Apple Lossless (.m4a; 16-bit, or 24 with --int24)")
     p.add_argument("--mp3-bitrate", type=int, default=320,
                    help="MP3 bit rate in kbit/s (default 320)")
+    p.add_argument("--aac-bitrate", type=int, default=256,
+                   help="AAC bit rate in kbit/s, 64 to 320 (default 256)")
+    p.add_argument("--stem-mp4", action="store_true",
+                   help="write one NI Stems file per song for Traktor (OUT/MODEL/TRACK.stem.mp4: "
+                        "the original mix and four stems; AAC, or ALAC with --alac)")
+    p.add_argument("--stem-map", metavar="MAP", default=None,
+                   help="NI's four stems from the model's, in order (default "
+                        "drums;bass;other+guitar+piano;vocals; name one with Name=a+b)")
     p.add_argument("--clip-mode", default="rescale", choices=CLIP_MODES,
                    help="rescale (default: lower the whole stem if it would clip), "
                         "clamp (cut peaks), none (float32 keeps them)")

@@ -30,7 +30,7 @@ from engine.decode import find_audio_files
 from engine.errors import DemixerError, UsageError
 from engine.job import JobEvent, JobResult, SeparationJob
 from engine.names import printable
-from engine.outputs import OutputPlan, outputs_for, parse_mix
+from engine.outputs import DEFAULT_TEMPLATE, OutputPlan, outputs_for, parse_mix
 from engine.separator import SeparationOptions, Separator
 from engine.writers import OutputFormat
 
@@ -55,11 +55,38 @@ def options_from(args: argparse.Namespace) -> SeparationOptions:
                              seed=args.seed, shift_offsets=offsets)
 
 
+def _container(args: argparse.Namespace) -> str:
+    kinds = [k for k in ("flac", "mp3", "aac", "alac") if getattr(args, k)]
+    if args.stem_mp4:
+        return _stem_mp4_container(args, kinds)
+    if args.stem_map is not None:
+        raise UsageError("--stem-map applies to --stem-mp4 only; add --stem-mp4 to write an NI "
+                         "Stems file.")
+    return kinds[0] if kinds else "wav"
+
+
+def _stem_mp4_container(args: argparse.Namespace, kinds: list[str]) -> str:
+    """AAC (NI's usual) or ALAC; the flags that make no sense for one stem file are refused."""
+    if kinds and kinds[0] not in ("aac", "alac"):
+        raise UsageError(f"--stem-mp4 holds AAC or ALAC, not {kinds[0].upper()}: drop "
+                         f"--{kinds[0]}, or add --alac for lossless.")
+    clash = next((flag for flag, given in (("--two-stems", args.two_stems), ("--mix", args.mix),
+                                           ("--float32", args.float32))
+                  if given), None)
+    if clash is None and args.filename != DEFAULT_TEMPLATE:
+        clash = "--filename"
+    if clash:
+        raise UsageError(f"--stem-mp4 writes one file per song, TRACK.stem.mp4, with NI's four "
+                         f"stems, so {clash} does not apply to it.")
+    return kinds[0] if kinds else "aac"
+
+
 def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
-    fmt = OutputFormat(container="flac" if args.flac else "mp3" if args.mp3 else "wav",
+    fmt = OutputFormat(container=_container(args),  # type: ignore[arg-type]
                        sample_format="float32" if args.float32 else
                        "int24" if args.int24 else "int16",
-                       mp3_bitrate=args.mp3_bitrate, clip_mode=args.clip_mode)
+                       mp3_bitrate=args.mp3_bitrate, clip_mode=args.clip_mode,
+                       aac_bitrate=args.aac_bitrate)
     try:
         fmt.validate()
         mixes = tuple(parse_mix(m) for m in args.mix)
@@ -69,7 +96,8 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
         raise UsageError(str(err)) from None
     return OutputPlan(root=args.out, model_name=model_name, template=args.filename, fmt=fmt,
                       two_stems=args.two_stems, mixes=mixes,
-                      keep_model_rate=args.keep_model_rate, overwrite=args.overwrite)
+                      keep_model_rate=args.keep_model_rate, overwrite=args.overwrite,
+                      stem_mp4=args.stem_mp4, stem_map=args.stem_map)
 
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
@@ -288,6 +316,10 @@ def _report_interrupt(track: Path, result: JobResult) -> None:
 
 
 def _report(track: Path, result: JobResult, plan: OutputPlan) -> bool:
+    if result.ok and plan.stem_mp4 and result.written:
+        print(f"{printable(track)}: NI Stems file {printable(result.written[0])} "
+              f"({result.seconds:.1f} s)")
+        return True
     if result.ok:
         folder = result.written[0].parent if result.written else plan.root
         print(f"{printable(track)}: {len(result.written)} stems in {printable(folder)} "

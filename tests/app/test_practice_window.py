@@ -12,7 +12,7 @@ from PySide6.QtGui import QKeySequence
 
 from app.export import ExportDialog
 from app.library import Library
-from app.models import ModelKey
+from app.protocol import ModelKey
 from app.stretch import Rate
 from tests.app.helpers import RATE, make_entry, stems_audio
 
@@ -107,7 +107,7 @@ def test_separate_again_with_another_model(shown, monkeypatch) -> None:  # type:
 
 def test_fast_quality_from_the_menu_reaches_the_engine(window, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import engine.pipeline
-    from app.models import build
+    from app.protocol import build
 
     separation = next(a.menu() for a in window.menuBar().actions() if a.text() == "&Separation")
     quality = next(a.menu() for a in separation.actions() if a.text() == "Quality")

@@ -12,7 +12,7 @@ from PySide6.QtCore import QPoint, Qt
 from PySide6.QtTest import QTest
 
 from app.library import Library
-from app.models import ModelKey
+from app.protocol import ModelKey
 from app.queue import QueueItem, State
 from app.queue_eta import total_eta
 from app.sidebar import LibraryPanel, LibraryView

@@ -34,6 +34,17 @@ MISTAKES: dict[str, list[str]] = {
     "shift offsets count": ["--shifts", "2", "--shift-offsets", "100"],
     "unknown model": ["-n", "htdemucs_9s"],
     "negative shifts": ["--shifts", "-1"],
+    "aac bit rate": ["--aac", "--aac-bitrate", "100"],
+    "aac with a depth": ["--aac", "--int24"],
+    "alac in float": ["--alac", "--float32"],
+    "stem-map without stem-mp4": ["--stem-map", "drums;bass;other;vocals"],
+    "stem-mp4 as flac": ["--stem-mp4", "--flac"],
+    "stem-mp4 with two-stems": ["--stem-mp4", "--two-stems", "vocals"],
+    "stem-mp4 with a mix": ["--stem-mp4", "--mix", "inst=drums+bass"],
+    "stem-mp4 with a template": ["--stem-mp4", "--filename", "{track}-{stem}.{ext}"],
+    "stem-map of three": ["--stem-mp4", "--stem-map", "drums;bass;vocals"],
+    "stem-map unknown stem": ["--stem-mp4", "--stem-map", "drums;bass;other+flute;vocals"],
+    "stem-map stem twice": ["--stem-mp4", "--stem-map", "drums;bass;other+bass;vocals"],
 }
 
 

@@ -173,3 +173,26 @@ def test_a_crashed_writers_old_temporaries_are_removed(tmp_path: Path) -> None:
     os.utime(stale, (1_000_000_000, 1_000_000_000))
     write_outputs(plan, track, _stems(tmp_path / "s"), 44100, 4410)
     assert not stale.exists() and fresh.exists()
+
+
+def test_stem_mp4_plan_writes_one_ni_file_per_track(tmp_path: Path) -> None:
+    from engine.stemmp4 import STEM_MP4_SUFFIX
+    from engine.writers import OutputFormat
+
+    plan = OutputPlan(root=tmp_path / "out", fmt=OutputFormat("alac"), stem_mp4=True,
+                      stem_map="drums;bass+piano;other+guitar;vocals")
+    track = tmp_path / "song.flac"
+    stems = _stems(tmp_path / "s")
+    paths = check_outputs(plan, track, SOURCES)
+    assert list(paths.values()) == [plan.root / "htdemucs_6s" / f"song{STEM_MP4_SUFFIX}"]
+    mix = np.sum([stems.read(s, 0, 4410) for s in SOURCES], axis=0, dtype=np.float32)
+    with pytest.raises(ValueError, match="needs the original mix"):
+        write_outputs(plan, track, stems, 44100, 4410)
+    assert _files(plan.root) == set()
+    written = write_outputs(plan, track, stems, 44100, 4410, mix=mix)
+    assert written == list(paths.values()) and _files(plan.root) == {"song.stem.mp4"}
+    data = written[0].read_bytes()
+    assert data[4:12] == b"ftypM4A " and b'"name": "Bass"' in data
+    with pytest.raises(DemixerError, match="puts bass in two stems"):
+        check_outputs(OutputPlan(stem_mp4=True, stem_map="drums;bass;bass;vocals"), track,
+                      SOURCES)

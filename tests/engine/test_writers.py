@@ -240,7 +240,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
         write_audio(tmp_path / "x.wav", [a, b], RATE)
     with pytest.raises(ValueError, match="2 gains for 1 parts"):
         write_audio(tmp_path / "x.wav", [a], RATE, gains=[1.0, 2.0])
-    with pytest.raises(DemixerError, match="MP3 holds 1 or 2 channels"):
+    with pytest.raises(DemixerError, match="MP3 files here hold 1 or 2 channels"):
         write_audio(tmp_path / "x.mp3", [np.zeros((4, 10), np.float32)], RATE,
                     fmt=OutputFormat("mp3"))
 
