@@ -298,6 +298,15 @@ class ExportDialog(QDialog):
         self.track, self.gains, self.settings = track, list(gains), settings
         self.rate = rate or Rate()
         self.setWindowTitle(f"Export “{track.title}”")
+        self._what_widgets(track, gains, selected, mix_first)
+        self._format_widgets(track, settings)
+        self.folder = QLineEdit(str(settings.output_dir / track.title))
+        self._build()
+        self._kind_changed()
+
+    def _what_widgets(self, track: TrackAudio, gains: Sequence[float], selected: Sequence[int],
+                      mix_first: bool) -> None:
+        """What to export: all stems, some, or the mix; at the practice rate or not."""
         self.all = QRadioButton("All stems")
         self.some = QRadioButton("Selected stems:")
         self.mix = QRadioButton(f"The current mix ({mix_name(track, gains)})")
@@ -315,6 +324,9 @@ class ExportDialog(QDialog):
                 self.checks[i] = QCheckBox(lane.title)
                 self.checks[i].setChecked(i in selected)
                 self.checks[i].toggled.connect(lambda _=False: self.some.setChecked(True))
+
+    def _format_widgets(self, track: TrackAudio, settings: Settings) -> None:
+        """The format, bit depth and bit rate, and an NI Stems file's mapping."""
         self.container = combo(EXPORT_TITLES, settings.container)
         if len(stem_map_sources(track)) < 4:  # e.g. the two-stem mode: nothing to map
             for kind in ("stem-aac", "stem-alac"):
@@ -330,9 +342,6 @@ class ExportDialog(QDialog):
         self.map_hint.setWordWrap(True)
         self.stem_map.textChanged.connect(self._show_map)
         self.container.currentIndexChanged.connect(self._kind_changed)
-        self.folder = QLineEdit(str(settings.output_dir / track.title))
-        self._build()
-        self._kind_changed()
 
     def _default_map(self) -> str:
         try:

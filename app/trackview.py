@@ -126,6 +126,12 @@ class LaneHeader(QWidget):
         self.db.setObjectName("lane-db")
         self.db.setFixedWidth(self.db.fontMetrics().horizontalAdvance("−30.0 dB") + 4)
         self.db.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        self._lay_out()
+        for signal in (self.mute.toggled, self.solo.toggled, self.volume.valueChanged):
+            signal.connect(self._changed)
+
+    def _lay_out(self) -> None:
+        """Name, mute and solo on top; the volume and its dB below; the colour swatch left."""
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.name, 1)
@@ -145,8 +151,6 @@ class LaneHeader(QWidget):
         row.setContentsMargins(6, 4, 8, 4)
         row.addWidget(self.swatch)
         row.addLayout(column, 1)
-        for signal in (self.mute.toggled, self.solo.toggled, self.volume.valueChanged):
-            signal.connect(self._changed)
 
     def set_lane(self, lane: Lane) -> None:
         """Show `lane`, reset: unmuted (the original muted), no solo, full volume."""
