@@ -39,6 +39,24 @@ def cache_root() -> Path:
     return data_subdir("mlx")
 
 
+def cached_files(root: Path | None = None) -> list[Path]:
+    """Every finished file of the cache (weights and manifests; an atomic write's hidden
+    temporary belongs to a conversion still running and is left to it)."""
+    root = root or cache_root()
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def clear_cache(root: Path | None = None) -> list[tuple[Path, int]]:
+    """Delete the converted weights; returns (path, bytes) of each file removed. A later
+    MLX start converts its checkpoint again."""
+    removed = []
+    for path in cached_files(root):
+        size = path.stat().st_size
+        path.unlink(missing_ok=True)
+        removed.append((path, size))
+    return removed
+
+
 def entry_stem(checkpoint_sha256: str) -> str:
     return f"{checkpoint_sha256}-v{CACHE_FORMAT}.{SPEC_VERSION}"
 

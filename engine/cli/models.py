@@ -76,7 +76,8 @@ def _add_verify_and_clear(msub: argparse._SubParsersAction) -> None:
     p.add_argument("--repo", type=Path, help="verify the checkpoints of this folder instead")
     p.set_defaults(func=run_verify)
 
-    p = msub.add_parser("clear", help="remove converted CoreML packages and ONNX exports")
+    p = msub.add_parser("clear", help="remove converted CoreML packages, MLX weights and "
+                                          "ONNX exports")
     p.add_argument("--all", action="store_true", help="also remove downloaded checkpoints")
     p.add_argument("-y", "--yes", action="store_true", help="do not ask (a terminal asks)")
     p.set_defaults(func=run_clear)
@@ -409,23 +410,25 @@ def _confirm(question: str) -> bool:
 
 
 def run_clear(args: argparse.Namespace) -> int:
-    from engine import onnx_cache
+    from engine import mlx_cache, onnx_cache
     from engine.coreml.cache import clear_cache, list_entries
 
     entries = list_entries()
     exports = onnx_cache.list_entries()
+    mlx_files = mlx_cache.cached_files()
     files = _checkpoint_files() if args.all else []
     size = sum(e.bytes for e in entries) + sum(e.bytes for e in exports) + \
-        sum(f.stat().st_size for f in files)
+        sum(f.stat().st_size for f in [*files, *mlx_files])
     what = f"{len(entries)} converted package(s)" + (
         f", {len(exports)} ONNX export(s) with their compiled models" if exports else "") + (
+        f", {len(mlx_files)} MLX weight file(s)" if mlx_files else "") + (
         f" and {len(files)} checkpoint file(s)" if args.all else "")
     if not args.yes and not _confirm(f"Remove {what} ({_mb(size)})?"):
         _err("Nothing removed.")
         return 0
     removed, busy = clear_cache()
     removed_onnx, busy_onnx = onnx_cache.clear_cache()
-    removed += removed_onnx
+    removed += removed_onnx + mlx_cache.clear_cache()
     for path in files:
         removed.append((path, path.stat().st_size))
         path.unlink()

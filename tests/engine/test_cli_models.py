@@ -113,11 +113,20 @@ def test_verify_downloaded_checkpoints_against_the_catalogue(
 def test_clear_removes_packages_and_with_all_checkpoints(
         converted_home: Path, tiny_repo: Path, no_tty: None,
         capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.mlx_cache import cache_root, entry_stem
+
     checkpoint = checkpoints_dir() / "5c90dfd2-34c22ccb.th"
     checkpoint.write_bytes(b"x" * 1000)
+    mlx_weights = cache_root() / f"{entry_stem('ab' * 32)}.safetensors"
+    mlx_weights.write_bytes(b"w" * 2000)  # a converted MLX entry (weights and manifest)
+    mlx_weights.with_suffix(".json").write_text("{}")
+    converting = cache_root() / ".tmp-another-process"  # a conversion running elsewhere
+    converting.write_bytes(b"t")
     assert main(["models", "clear"]) == 0  # not a terminal: nothing is asked
     out = capsys.readouterr().out
     assert f"removed {converted_home} (" in out and not converted_home.exists()
+    assert f"removed {mlx_weights} (" in out and not mlx_weights.exists()
+    assert not mlx_weights.with_suffix(".json").exists() and converting.exists()
     assert checkpoint.exists()  # plain `clear` keeps the downloads
     repo_files = sorted(tiny_repo.iterdir())
     assert main(["models", "clear", "--all"]) == 0
