@@ -62,13 +62,14 @@ class PassAssembler:
         self.chunk_cells = [(bisect_left(cell_starts, c.out_start),
                              bisect_left(cell_starts, c.out_stop)) for c in p.chunks]
         self.settled = bytearray(len(self.cells))  # computed, or never needed
-        self.held: dict[int, tuple[int, np.ndarray]] = {}  # chunk -> (position, samples)
+        # chunk -> the pieces of its output still needed, as (track position, samples)
+        self.held: dict[int, list[tuple[int, np.ndarray]]] = {}
 
     def add(self, chunk: Chunk, chunk_out: np.ndarray, final: Intervals
             ) -> list[tuple[int, np.ndarray]]:
         """Take a chunk's (S, C, chunk.length) output; return the (start, region) cells that
         became computable, for samples not in `final` (the track's final intervals)."""
-        self.held[chunk.index] = (chunk.out_start, np.array(chunk_out, np.float32, copy=True))
+        self.held[chunk.index] = [(chunk.out_start, np.array(chunk_out, np.float32))]
         regions = []
         lo, hi = self.chunk_cells[chunk.index]
         for i in range(lo, hi):
@@ -83,40 +84,47 @@ class PassAssembler:
         self._release(self.cells[lo][2], self.cells[hi - 1][3], final)
         return regions
 
+    def _samples(self, k: int, a: int, n: int) -> np.ndarray:
+        """Chunk k's output over [a, a + n), from the pieces of it that are kept."""
+        for pos, samples in self.held[k]:
+            if pos <= a and a + n <= pos + samples.shape[-1]:
+                return samples[..., a - pos:a - pos + n]
+        raise AssertionError(f"chunk {k} no longer holds [{a}, {a + n})")
+
     def _cell(self, a: int, b: int, first: int, last: int) -> np.ndarray:
         """demucs's arithmetic over one cell: sum(weight * chunk) / sum(weight), chunk order."""
         n = b - a
-        S, C = self.held[first][1].shape[:2]
+        S, C = self.held[first][0][1].shape[:2]
         out = np.zeros((S, C, n), np.float32)
         total = np.zeros(n, np.float32)
         for k in range(first, last + 1):
-            pos, samples = self.held[k]
             w = self.weight[a - self.p.chunks[k].out_start:][:n]
-            out += w * samples[..., a - pos:a - pos + n]
+            out += w * self._samples(k, a, n)
             total += w
         return out / total
 
     def _release(self, first: int, last: int, final: Intervals) -> None:
         """Drop what chunks first..last no longer need: all of a chunk once its cells are
-        settled, else everything outside its unsettled cells."""
+        settled, else everything outside its unsettled cells (kept as separate pieces: an
+        island's edge chunk keeps its head and its tail, not what lies between)."""
         for k in range(first, last + 1):
             if k not in self.held:
                 continue
             lo, hi = self.chunk_cells[k]
-            open_cells = [self.cells[i] for i in range(lo, hi) if not self.settled[i]
-                          and needed(self.cells[i][0], self.cells[i][1], self.length, final)]
-            if not open_cells:
+            keep = Intervals((self.cells[i][0], self.cells[i][1]) for i in range(lo, hi)
+                             if not self.settled[i]
+                             and needed(self.cells[i][0], self.cells[i][1], self.length, final))
+            if not keep:
                 del self.held[k]
                 continue
-            pos, samples = self.held[k]
-            a, b = open_cells[0][0], open_cells[-1][1]
-            if (a, b) != (pos, pos + samples.shape[-1]):
-                self.held[k] = (a, samples[..., a - pos:b - pos].copy())
+            pieces = self.held[k]
+            if sum(s.shape[-1] for _, s in pieces) > keep.total:
+                self.held[k] = [(a, self._samples(k, a, b - a).copy()) for a, b in keep]
 
     @property
     def held_samples(self) -> int:
         """Samples (per source and channel) kept for later cells (memory tests)."""
-        return sum(s.shape[-1] for _, s in self.held.values())
+        return sum(s.shape[-1] for pieces in self.held.values() for _, s in pieces)
 
 
 class Combiner:
