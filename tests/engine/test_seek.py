@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from engine.chunking import Chunk
 from engine.errors import Cancelled
 from engine.intervals import Intervals
 from engine.job import JobEvent, SeparationJob
@@ -187,19 +189,37 @@ def test_memory_holds_only_the_edges_of_islands(tmp_path: Path) -> None:
     for name, frame in (("in order", None), ("seek", 250_000)):
         sink = StemBuffers(tmp_path / name, sep.sources, 2, audio.shape[1], 44100)
         seen: list[int] = []
-        finish = _Finisher.finish
-
-        def spy(self: _Finisher, chunks: list, raw: tuple, seen: list[int] = seen) -> None:
-            finish(self, chunks, raw)
-            seen.append(sum(a.held_samples for a in self.assemblers))
-
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(_Finisher, "finish", spy)
+            mp.setattr(_Finisher, "finish", _spying_finish(seen))
             sep.separate(audio, *stats, sink, focus=Focus(frame))
         peaks[name] = max(seen)
         sink.close()
     assert peaks["in order"] <= overlap
     assert peaks["seek"] <= 2 * overlap
+
+
+def _spying_finish(seen: list[int]) -> Callable[..., None]:
+    """`_Finisher.finish` that records the samples the assemblers hold after each batch."""
+    finish = _Finisher.finish
+
+    def spy(self: _Finisher, chunks: list[Chunk], raw: tuple[np.ndarray, np.ndarray]) -> None:
+        finish(self, chunks, raw)
+        seen.append(sum(a.held_samples for a in self.assemblers))
+
+    return spy
+
+
+def _cut(sep: Separator, audio: np.ndarray, stats: tuple[float, float], folder: Path,
+         offsets: tuple[int, ...] | None, stop: int, focus: int) -> None:
+    """Seek to `focus`, cancel after `stop` chunks, checkpoint."""
+    sink = StemBuffers(folder, sep.sources, 2, audio.shape[1], 44100)
+    sink.begin({"test": True})
+    cancel = threading.Event()
+    with pytest.raises(Cancelled):
+        sep.separate(audio, *stats, sink, cancel=cancel, offsets=offsets, focus=Focus(focus),
+                     on_progress=lambda p: cancel.set() if p.chunks_done >= stop else None)
+    sink.checkpoint()
+    sink.close()
 
 
 # --- resume with out-of-order chunks --------------------------------------------------------
@@ -217,15 +237,7 @@ def test_an_out_of_order_run_cut_anywhere_resumes_bit_for_bit(
     skips, islands = [], []
     for stop in range(2, total - 3, max(1, total // 6)):  # (3: a batch)
         folder = tmp_path / f"cut{stop}"
-        sink = StemBuffers(folder, sep.sources, 2, n, 44100)
-        sink.begin({"test": True})
-        cancel = threading.Event()
-        with pytest.raises(Cancelled):
-            sep.separate(audio, *stats, sink, cancel=cancel, offsets=offsets,
-                         focus=Focus(int(0.55 * n)),
-                         on_progress=lambda p: cancel.set() if p.chunks_done >= stop else None)
-        sink.checkpoint()
-        sink.close()
+        _cut(sep, audio, stats, folder, offsets, stop, int(0.55 * n))
         recorded = Intervals(map(tuple, read_index(folder)["final"]))  # type: ignore[index]
         resumed = StemBuffers.resume(folder)
         assert resumed.final == recorded
