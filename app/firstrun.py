@@ -29,7 +29,7 @@ from engine.store import checkpoints_dir
 
 if TYPE_CHECKING:
     from engine.calibrate import CalibrationProgress
-    from engine.convert import ConvertProgress
+    from engine.coreml.convert import ConvertProgress
 
 PENDING, ACTIVE, DONE = "○", "◉", "✓"
 

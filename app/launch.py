@@ -1,6 +1,10 @@
-"""`demixer [FILE...]` and `python -m app [FILE...]`: open the window, or hand the files to
-the one already open. Qt-free at import: `engine.cli` imports this lazily and it decides
-whether Qt's GUI can load at all before anything imports it.
+"""The launcher: `demixer ...` (the console script), `python -m app ...` and the frozen app.
+
+`main(argv)` dispatches: a subcommand or flag goes to the headless command line
+(`engine.cli.main`); `FILE...` or nothing opens the window, or hands the files to the one
+already open (`launch`). It sits above both packages' entry points so `engine` never refers
+to `app`. Qt-free at import: it decides whether Qt's GUI can load at all before anything
+imports it.
 
 Order: (1) another instance holds the app lock -> hand the files over and exit 0 (needs no
 display); (2) the window cannot open here (`app.display`) -> one sentence and exit 1, not
@@ -10,8 +14,22 @@ Qt's abort; (3) the GUI's libraries do not import -> one sentence naming them; (
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 CHECK_DISPLAY_FLAG = "--check-display"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`demixer [FILE...]` or `demixer SUBCOMMAND ...`: the exit status."""
+    from engine.cli import is_headless
+    from engine.cli import main as cli_main
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] != [CHECK_DISPLAY_FLAG] and is_headless(args):
+        from app.doctor import HOST
+
+        return cli_main(args, host=HOST)
+    return launch(args)
 
 
 def _say(text: str) -> None:

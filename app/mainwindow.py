@@ -1,4 +1,10 @@
-"""The main window: drop target, sidebar (queue, library), track view, transport, menus."""
+"""The main window: drop target, sidebar (queue, library), track view, transport, menus.
+
+`MainWindow` composes its parts: `app.transport.SongTransport` (the song shown, play and
+seek, the tick), `app.actions.WindowActions` (actions, toolbar, menus); it builds the widgets,
+wires the signals, and keeps adding files, export, the library's commands, the dialogs and
+the window's state. The threads and who owns what: docs/architecture.md.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +13,44 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from PySide6.QtCore import QEvent, QSize, Qt, QTimer
+from PySide6.QtCore import QEvent, QTimer
 from PySide6.QtGui import (
-    QAction,
     QCloseEvent,
     QDragEnterEvent,
     QDropEvent,
     QGuiApplication,
-    QKeySequence,
-    QPalette,
 )
 from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFileDialog,
     QLabel,
     QMainWindow,
-    QMenu,
     QMessageBox,
     QSplitter,
     QStackedWidget,
-    QStyle,
     QTabWidget,
-    QToolBar,
-    QToolButton,
-    QWidget,
 )
 
+from app.actions import WindowActions
 from app.audio_output import AudioOutput
 from app.export import ExportDialog, Exporter, ExportFile, keep_both
 from app.firstrun import ModelDialog
-from app.icons import transport_icon
 from app.library import Damaged, Library, LibraryEntry, complete_newest_first
 from app.mixer import Mixer
 from app.models import ModelKey, SeparationService
-from app.peaks import PeakBuilder, Peaks, load_all, save_all
+from app.peaks import PeakBuilder
 from app.preferences import PreferencesDialog
-from app.queue import QueueItem, SeparationQueue, State, format_eta
+from app.queue import QueueItem, SeparationQueue, State
 from app.reveal import reveal, reveal_title
-from app.settings import MODELS, Settings
+from app.settings import Settings
 from app.sidebar import LibraryView, QueueView
-from app.timeline import format_time
 from app.track import TrackAudio
 from app.trackview import DropHint, TrackView
-from engine.catalogue import get_entry
+from app.transport import SongTransport
 from engine.decode import find_audio_files
 
 if TYPE_CHECKING:
     from engine.calibrate import CalibrationProgress
-    from engine.convert import ConvertProgress
+    from engine.coreml.convert import ConvertProgress
     from engine.writers import OutputFormat
 
 TICK_MS = 33  # the GUI's poll of the mixer, the peaks and the ready mark (~30 Hz)
@@ -65,14 +59,12 @@ TICK_MS = 33  # the GUI's poll of the mixer, the peaks and the ready mark (~30 H
 # switch interval (5 ms by default) each time, so a repaint that runs 15 Python paintEvents
 # behind a busy worker could wait 75 ms. Half a millisecond keeps that under 10 ms.
 SWITCH_INTERVAL_S = 0.0005
-SEEK_S = 5.0
 # How long a quit waits for the worker to finish its chunk and checkpoint (a real-model
 # chunk takes seconds on a busy CPU; the niced worker gets the CPU last): else terminated.
 STOP_WAIT_S = 30.0
-FINE_SEEK_S = 1.0
 
 
-class MainWindow(QMainWindow):
+class MainWindow(SongTransport, WindowActions, QMainWindow):
     def __init__(self, settings: Settings, library: Library | None = None) -> None:
         super().__init__()
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
@@ -137,126 +129,6 @@ class MainWindow(QMainWindow):
         self.time_label.setStyleSheet("font-family: monospace; font-size: 14px; padding: 0 8px;")
         self.output_label = QLabel()
         self.statusBar().addPermanentWidget(self.output_label)
-
-    def _action(self, text: str, shortcut: str | QKeySequence | None, slot: object,
-                role: QAction.MenuRole | None = None) -> QAction:
-        action = QAction(text, self)
-        if shortcut:
-            action.setShortcut(QKeySequence(shortcut))
-        action.triggered.connect(slot)
-        if role is not None:
-            action.setMenuRole(role)
-        self.addAction(action)  # shortcuts work with the menu bar hidden too
-        return action
-
-    def _build_actions(self) -> None:
-        # "Ctrl" is ⌘ on macOS
-        a, R = self._action, QAction.MenuRole
-        self.open_action = a("Open…", "Ctrl+O", self.choose_files)
-        self.export_action = a("Export…", "Ctrl+E", self.export)
-        self.reveal_action = a(reveal_title(), "Ctrl+Shift+R", self.reveal_current)
-        self.close_action = a("Close Window", "Ctrl+W", self.close)
-        self.quit_action = a("Quit Demixer", "Ctrl+Q", self.close, R.QuitRole)
-        self.prefs_action = a("Preferences…", "Ctrl+,", self.preferences, R.PreferencesRole)
-        self.about_action = a("About Demixer", None, self.about, R.AboutRole)
-        self.play_action = a("Play", "Space", self.toggle_play)
-        self.start_action = a("Go to Start", "Home", lambda: self.seek(0))
-        self.back_action = a("Back 5 Seconds", "Left", lambda: self.seek_by(-SEEK_S))
-        self.fwd_action = a("Forward 5 Seconds", "Right", lambda: self.seek_by(SEEK_S))
-        self.back1_action = a("Back 1 Second", "Shift+Left", lambda: self.seek_by(-FINE_SEEK_S))
-        self.fwd1_action = a("Forward 1 Second", "Shift+Right",
-                             lambda: self.seek_by(FINE_SEEK_S))
-        self.zoom_in_action = a("Zoom In", "Ctrl+=", lambda: self.track_view.timeline.zoom(2.0))
-        self.zoom_out_action = a("Zoom Out", "Ctrl+-",
-                                 lambda: self.track_view.timeline.zoom(0.5))
-        self.fit_action = a("Zoom to Fit", "Ctrl+0", lambda: self.track_view.timeline.fit())
-        self.cancel_all_action = a("Cancel All Separations", None, self.queue.cancel_all)
-        self.decibels_action = a("Waveforms in Decibels", None, self.set_decibels)
-        self.decibels_action.setCheckable(True)
-        self.decibels_action.setChecked(self.settings.waveform_decibels)
-
-    def _icons(self) -> None:
-        style, P = self.style(), QStyle.StandardPixmap
-        self.open_action.setIcon(style.standardIcon(P.SP_DialogOpenButton))
-        self.export_action.setIcon(style.standardIcon(P.SP_DialogSaveButton))
-        self._transport_icons()
-        self.zoom_out_action.setIconText("−")
-        self.zoom_in_action.setIconText("+")
-        self.fit_action.setIconText("Fit")
-        for action in (self.zoom_out_action, self.fit_action, self.zoom_in_action):
-            action.setToolTip(action.text())
-
-    def _transport_icons(self) -> None:
-        colour = self.palette().color(QPalette.ColorRole.ButtonText)
-        self.play_icon = transport_icon("play", colour)
-        self.pause_icon = transport_icon("pause", colour)
-        self.start_action.setIcon(transport_icon("start", colour))
-        self.play_action.setIcon(self.pause_icon if self.mixer.playing else self.play_icon)
-
-    def _build_toolbar(self) -> None:
-        self._icons()
-        bar = QToolBar("Main")
-        bar.setObjectName("main-toolbar")
-        bar.setMovable(False)
-        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-        bar.addAction(self.open_action)
-        self.model_box = QComboBox()
-        for name in MODELS:
-            self.model_box.addItem(get_entry(name).title, name)
-        self.model_box.setCurrentIndex(max(0, self.model_box.findData(self.settings.model)))
-        self.model_box.setToolTip("Model for the songs you add next")
-        self.model_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.two_stems_box = QCheckBox("Vocals + instrumental only")
-        self.two_stems_box.setChecked(self.settings.two_stems)
-        self.two_stems_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        bar.addWidget(self.model_box)
-        bar.addWidget(self.two_stems_box)
-        bar.addSeparator()
-        self.play_button = QToolButton()
-        self.play_button.setDefaultAction(self.play_action)
-        self.play_button.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.play_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
-        self.play_button.setIconSize(QSize(22, 22))
-        start = QToolButton()
-        start.setDefaultAction(self.start_action)
-        start.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonIconOnly)
-        start.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        bar.addWidget(start)
-        bar.addWidget(self.play_button)
-        bar.addWidget(self.time_label)
-        bar.addSeparator()
-        for action in (self.zoom_out_action, self.fit_action, self.zoom_in_action):
-            bar.addAction(action)
-        spacer = QWidget()
-        spacer.setSizePolicy(spacer.sizePolicy().horizontalPolicy().Expanding,
-                             spacer.sizePolicy().verticalPolicy())
-        bar.addWidget(spacer)
-        bar.addAction(self.export_action)
-        self.addToolBar(bar)
-        self.toolbar = bar
-
-    def _build_menus(self) -> None:
-        menus = self.menuBar()
-        file = menus.addMenu("&File")
-        file.addAction(self.open_action)
-        self.recent_menu = QMenu("Open Recent", self)
-        self.recent_menu.aboutToShow.connect(self._fill_recent)
-        file.addMenu(self.recent_menu)
-        file.addSeparator()
-        file.addActions([self.export_action, self.reveal_action])
-        file.addSeparator()
-        file.addActions([self.close_action, self.prefs_action, self.quit_action])
-        play = menus.addMenu("&Playback")
-        play.addActions([self.play_action, self.start_action, self.back_action,
-                         self.fwd_action, self.back1_action, self.fwd1_action])
-        view = menus.addMenu("&View")
-        view.addActions([self.zoom_in_action, self.zoom_out_action, self.fit_action])
-        view.addSeparator()
-        view.addAction(self.decibels_action)
-        separation = menus.addMenu("&Separation")
-        separation.addAction(self.cancel_all_action)
-        help_menu = menus.addMenu("&Help")
-        help_menu.addAction(self.about_action)
 
     def _connect(self) -> None:
         q = self.queue
@@ -341,19 +213,6 @@ class MainWindow(QMainWindow):
             "All files (*)")
         self.open_paths(files)
 
-    def _fill_recent(self) -> None:
-        self.recent_menu.clear()
-        recent = self.settings.recent_files
-        for path in recent:
-            action = self.recent_menu.addAction(Path(path).name)
-            action.setToolTip(path)
-            action.triggered.connect(lambda _=False, p=path: self.open_paths([p]))
-        if recent:
-            self.recent_menu.addSeparator()
-        clear = self.recent_menu.addAction("Clear Menu")
-        clear.setEnabled(bool(recent))
-        clear.triggered.connect(self.settings.clear_recent)
-
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         urls = event.mimeData().urls() if event.mimeData().hasUrls() else []
         if any(u.isLocalFile() for u in urls):
@@ -368,191 +227,7 @@ class MainWindow(QMainWindow):
             event.acceptProposedAction()
             self.open_paths(paths)
 
-    # --- the queue's news ----------------------------------------------------------------------
-
-    def _on_track_started(self, item: QueueItem) -> None:
-        """A separation has stems growing: show it unless the person is busy with another."""
-        busy = self.track is not None and (self.mixer.playing or self.shown_entry is not None
-                                           or (self.shown_item is not None
-                                               and self.shown_item.state == State.SEPARATING))
-        if not busy:
-            self.show_item(item)
-
-    def _on_item_finished(self, item: QueueItem) -> None:
-        self.refresh_library()
-        if self.shown_item is item:
-            self.shown_entry = item.entry
-            self._update_transport()
-        self.statusBar().showMessage(f"{item.path.name}: separated.", 5000)
-
-    def _on_item_changed(self, item: QueueItem) -> None:
-        if item is self.shown_item:
-            self.track_view.set_info(self._info_text())
-        if item is self.shown_item and item.state in (State.FAILED, State.CANCELLED):
-            self.show_track(None)
-            if item.state == State.FAILED:
-                self.statusBar().showMessage(f"{item.path.name}: {item.message}", 10000)
-
-    def _on_item_removed(self, item: QueueItem) -> None:
-        if item is self.shown_item and item.state != State.DONE:
-            self.show_track(None)
-
-    # --- showing a song ------------------------------------------------------------------------
-
-    def show_item(self, item: QueueItem) -> None:
-        """Show a queue item's stems (growing or done); the highlight stays on the song
-        shown when there is nothing to show yet (queued, failed)."""
-        if item is self.shown_item and self.track is not None:
-            self.queue_view.select(item)
-            return
-        try:
-            track = self.queue.track_for(item)
-        except (OSError, ValueError) as err:
-            self.statusBar().showMessage(f"{item.path.name} cannot be shown ({err}).", 8000)
-            track = None
-        if track is not None:
-            entry = item.entry if item.state == State.DONE else None
-            self.show_track(track, item=item, entry=entry)
-        else:
-            self.queue_view.select(self.shown_item if self.track is not None else None)
-
-    def show_entry(self, entry: LibraryEntry) -> None:
-        if entry is self.shown_entry or (self.shown_entry is not None
-                                         and self.shown_entry.folder == entry.folder):
-            return
-        try:
-            track = entry.open_track()
-        except (OSError, ValueError, KeyError) as err:
-            QMessageBox.warning(self, "Demixer", f"“{entry.title}” cannot be opened: its stems "
-                                f"in {entry.folder} are missing or damaged ({err}).")
-            return
-        self.show_track(track, entry=entry)
-
-    def show_track(self, track: TrackAudio | None, item: QueueItem | None = None,
-                   entry: LibraryEntry | None = None) -> None:
-        self._unload()
-        self.track, self.shown_item, self.shown_entry = track, item, entry
-        self.queue_view.select(item if track is not None else None)
-        self.library_view.select(entry if track is not None and item is None else None)
-        if track is None:
-            self.track_view.set_track(None)
-            self.stack.setCurrentWidget(self.drop_hint)
-            self.time_label.setText("0:00.0 / 0:00.0")
-            self._update_transport()
-            return
-        saved = load_all(entry.peaks_path, len(track.lanes), track.frames) if entry else None
-        folder = (entry or (item.entry if item else None))
-        self.builder = PeakBuilder(track, saved, on_complete=self._peaks_saver(folder))
-        self.builder.start()
-        self.track_view.set_track(track, self.builder.peaks, self._info_text())
-        self.stack.setCurrentWidget(self.track_view)
-        self.mixer.load(track, list(self.track_view.gains()))
-        self._update_transport()
-        self._tick()
-
-    def _peaks_saver(self, entry: LibraryEntry | None):  # type: ignore[no-untyped-def]
-        def save(peaks: list[Peaks]) -> None:  # on the builder's thread
-            if entry is not None and entry.folder.is_dir():
-                try:
-                    save_all(peaks, entry.peaks_path)
-                except OSError:
-                    pass  # only a cache: rebuilt on the next open
-        return save
-
-    def _unload(self) -> None:
-        track, builder = self.track, self.builder
-        self.track, self.builder = None, None
-        if builder is not None:
-            builder.stop()
-        if track is not None:
-            self.mixer.release(track)
-            track.close()
-
-    def _info_text(self) -> str:
-        track, item = self.track, self.shown_item
-        if track is None:
-            return ""
-        model = (self.shown_entry.model if self.shown_entry else item.key.name if item else "")
-        parts = [model, format_time(track.frames / track.samplerate, tenths=False),
-                 f"{track.source_rate / 1000:g} kHz"]
-        if item is not None and item.state == State.SEPARATING:
-            eta = f", {format_eta(item.eta_s)} left" if item.eta_s is not None else ""
-            parts.append(f"separating {item.fraction:.0%}{eta}")
-        return " · ".join(p for p in parts if p)
-
-    # --- playback --------------------------------------------------------------------------------
-
-    def toggle_play(self) -> None:
-        if self.mixer.playing:
-            self.mixer.pause()
-        else:
-            self.play()
-        self._update_transport()
-
-    def play(self) -> None:
-        track = self.track
-        if track is None or track.ready_frames == 0:
-            return
-        if self.mixer.position >= track.frames:
-            self.mixer.seek(0)
-        if not self.output.is_open or self.output.samplerate != track.samplerate:
-            reason = self.output.open(track.samplerate, self.settings.audio_device)
-            self.output_label.setText("Silent playback" if reason else "")
-            if reason:
-                self.statusBar().showMessage(reason, 10000)
-        self.mixer.play()
-
-    def seek(self, frame: int) -> None:
-        if self.track is None:
-            return
-        went = self.mixer.seek(frame)
-        if went < frame and not self.track.complete:
-            self.statusBar().showMessage(
-                f"Separated up to {format_time(went / self.track.samplerate)} so far.", 3000)
-        self.track_view.timeline.set_playhead(went)
-
-    def seek_by(self, seconds: float) -> None:
-        if self.track is not None:
-            self.seek(self.mixer.position + int(seconds * self.track.samplerate))
-
-    def _update_transport(self) -> None:
-        track = self.track
-        self.play_action.setText("Pause" if self.mixer.playing else "Play")
-        self.play_action.setIcon(self.pause_icon if self.mixer.playing else self.play_icon)
-        self.play_action.setEnabled(track is not None and track.ready_frames > 0)
-        complete = track is not None and track.complete and not self.exporter.busy
-        self.export_action.setEnabled(complete and self._export_entry() is not None)
-        self.reveal_action.setEnabled(self._export_entry() is not None)
-
-    def _tick(self) -> None:
-        """~30 Hz: playhead, time, device health, peaks and the ready mark."""
-        track = self.track
-        if track is None:
-            return
-        position = self.mixer.position
-        if self.mixer.playing and position >= track.frames:
-            self.mixer.pause()
-        lost = self.output.check()
-        if lost:
-            self.mixer.pause()
-            self.statusBar().showMessage(lost, 10000)
-        self.track_view.timeline.set_playhead(position, follow=self.mixer.playing)
-        rate = track.samplerate
-        waiting = " · waiting for separation" if self.mixer.waiting else ""
-        self.time_label.setText(f"{format_time(position / rate)} / "
-                                f"{format_time(track.frames / rate)}{waiting}")
-        self.track_view.poll()
-        if self.play_action.text() != ("Pause" if self.mixer.playing else "Play") or (
-                self.play_action.isEnabled() != (track.ready_frames > 0)):
-            self._update_transport()
-
     # --- export, library, dialogs ---------------------------------------------------------
-
-    def _export_entry(self) -> LibraryEntry | None:
-        entry = self.shown_entry
-        if entry is None and self.shown_item is not None and self.shown_item.state == State.DONE:
-            entry = self.shown_item.entry
-        return entry if entry is not None and entry.complete else None
 
     def export_entry(self, entry: LibraryEntry) -> None:
         self.show_entry(entry)
@@ -604,7 +279,6 @@ class MainWindow(QMainWindow):
 
     def _on_exported(self, paths: list[Path]) -> None:
         self._update_transport()
-        self.last_export = paths
         if not paths:
             self.statusBar().clearMessage()
             return
@@ -827,6 +501,3 @@ class MainWindow(QMainWindow):
             self.track_view.update()
         super().changeEvent(event)
 
-
-def gains_of(window: MainWindow) -> np.ndarray:
-    return window.mixer.gains

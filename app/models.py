@@ -65,7 +65,7 @@ class LiveProgress:
 class SeparationService(QObject):
     # model loading (the first-run dialog and the queue)
     progress = Signal(object, object)  # ModelKey, engine.download.DownloadProgress
-    converting = Signal(object, object)  # ModelKey, engine.convert.ConvertProgress
+    converting = Signal(object, object)  # ModelKey, engine.coreml.convert.ConvertProgress
     calibrating = Signal(object, object)  # ModelKey, engine.calibrate.CalibrationProgress
     # a calibration asked for (Preferences' "Calibrate Again")
     calibrated = Signal(object, object)  # ModelKey, engine.calibrate.Calibration

@@ -4,7 +4,7 @@ A backend sees only real float32 arrays (see `engine.core` for the layout):
     predict(spec (B, 2C, F, T), wave (B, C, L))
         -> (spec_out (B, S, 2C, F, T), time_out (B, S, C, L))
 One backend serves one model (a bag gets one backend per member). `TorchBackend` runs anywhere
-(cpu, cuda, mps); `engine.coreml_backend.CoreMLBackend` runs the converted core on macOS;
+(cpu, cuda, mps); `engine.coreml.backend.CoreMLBackend` runs the converted core on macOS;
 `engine.openvino_backend.OpenVINOBackend` and `engine.onnxruntime_backend.ONNXRuntimeBackend`
 run the core exported to ONNX (`engine.onnx_export`, cached by `engine.onnx_cache`);
 `engine.mlx_backend.MLXBackend` runs an MLX port of the core (Apple GPU, or MLX's CPU build).
@@ -233,7 +233,7 @@ def check_precision(kind: str, precision: str | None) -> None:
     if kind == "mlx":
         from engine.mlx_backend import MLX_PRECISIONS as allowed
     elif kind == "coreml":
-        from engine.convert import PRECISIONS as allowed
+        from engine.coreml.convert import PRECISIONS as allowed
     else:
         allowed = PRECISIONS
     if precision not in allowed:

@@ -103,8 +103,8 @@ COREML_UNITS = ("all", "cpu_and_gpu", "cpu_and_ne")
 def _coreml_build(precision: str, units: str) -> BuildFn:
     def build(bag: Any, resolved: ResolvedModel, progress: Any,
               cancel: Any) -> list[Backend]:  # pragma: no cover - macOS only
-        from engine.convert import ConvertOptions
-        from engine.coreml_backend import coreml_backends_for
+        from engine.coreml.backend import coreml_backends_for
+        from engine.coreml.convert import ConvertOptions
 
         # bag=None: a conversion loads pristine checkpoints (the torch candidates have
         # swapped some layers' forwards for faster forms, which must not be traced).

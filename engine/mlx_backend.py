@@ -155,7 +155,7 @@ def _progress_event(progress: Callable[[Any], None] | None, index: int, count: i
                     message: str, reason: str) -> None:
     """A conversion starts: one `ConvertProgress` (the CLI's stage printer shows it)."""
     if progress is not None:
-        from engine.convert import ConvertProgress
+        from engine.coreml.convert import ConvertProgress
 
         progress(ConvertProgress("convert", index / count, f"{message} ({reason})"))
 

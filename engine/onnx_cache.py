@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.atomicio import fsync_path, write_text_atomic
-from engine.convert import check_cancel
+from engine.coreml.convert import check_cancel
 from engine.download import file_sha256
 from engine.errors import DemixerError
 from engine.onnx_export import (
@@ -352,7 +352,7 @@ def _member_progress(progress: ProgressCallback | None, index: int,
     """Scale a member's events into its share of a bag's progress bar."""
     if progress is None or count == 1:
         return progress
-    from engine.convert import ConvertProgress
+    from engine.coreml.convert import ConvertProgress
 
     def scaled(event: ConvertProgress) -> None:
         progress(ConvertProgress(event.stage, (index + event.fraction) / count,

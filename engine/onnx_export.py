@@ -44,7 +44,7 @@ import numpy as np
 
 from engine import __version__
 from engine.atomicio import write_bytes_atomic
-from engine.convert import ConvertProgress, check_cancel
+from engine.coreml.convert import ConvertProgress, check_cancel
 from engine.errors import DemixerError
 from engine.shapes import CoreShapes
 
@@ -232,8 +232,8 @@ def export_bytes(model: nn.Module, batch: int = 1, opset: int = OPSET) -> tuple[
     """The serialised ONNX ModelProto of the core of `model` (an HTDemucs, not a bag)."""
     import torch
 
-    from engine.convert import example_inputs, mha_fastpath_disabled
     from engine.core import HTDemucsCore
+    from engine.coreml.convert import example_inputs, mha_fastpath_disabled
 
     core = HTDemucsCore(model).eval()
     spec, wave = example_inputs(core.shapes, batch)
@@ -317,8 +317,8 @@ def torch_reference(model: nn.Module, batch: int = 1, seed: int = 0
     with demucs's own attention (the fast path off, as exported)."""
     import torch
 
-    from engine.convert import example_inputs, mha_fastpath_disabled
     from engine.core import HTDemucsCore
+    from engine.coreml.convert import example_inputs, mha_fastpath_disabled
 
     core = HTDemucsCore(model).eval()
     spec, wave = example_inputs(core.shapes, batch, seed)

@@ -47,8 +47,8 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
         return list(mlx_backends_for(bag, resolved, precision=precision or "fp32",
                                      progress=convert_progress, cancel=cancel))
     if kind == "coreml":  # pragma: no cover - macOS only
-        from engine.convert import ConvertOptions
-        from engine.coreml_backend import coreml_backends_for
+        from engine.coreml.backend import coreml_backends_for
+        from engine.coreml.convert import ConvertOptions
 
         options = ConvertOptions(precision=precision or "mixed")
         return list(coreml_backends_for(bag, resolved, compute_units=compute_units or "all",

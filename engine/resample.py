@@ -46,10 +46,6 @@ class StreamResampler:
             self._stream = soxr.ResampleStream(in_rate, out_rate, channels, dtype="float32",
                                                quality=QUALITY)
 
-    @property
-    def passthrough(self) -> bool:
-        return self._stream is None
-
     def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         """block (C, n) float32 at in_rate -> (C, m) float32 at out_rate.
 

@@ -1,8 +1,9 @@
-"""The frozen app's entry point: `Demixer --self-test`, else `demixer`'s command line.
+"""The frozen app's entry point: `Demixer --self-test`, else `demixer`'s launcher.
 
 PyInstaller runs this file as `__main__`. With no arguments (a double click) or with files
-(the command line), `engine.cli.main` opens the window; subcommands run headless, as the
-`demixer` console script does. `--self-test` runs `engine.selftest` plus the checks below,
+(the command line), the launcher `app.launch.main` opens the window; subcommands run
+headless, as the `demixer` console script (the same launcher) does; `--check-display` is the
+window probe. `--self-test` runs `engine.cli.selftest` plus the checks below,
 which `engine` may not make itself (it never imports Qt): the Qt platform and plugins, the
 Qt bindings' reference counting, PortAudio, and the `app` package. It needs no display.
 
@@ -19,8 +20,9 @@ import os
 import sys
 from pathlib import Path
 
+from app.doctor import HOST  # Qt-free: the window probe runs in a child process
+
 SELF_TEST_FLAG = "--self-test"
-CHECK_DISPLAY_FLAG = "--check-display"
 LEAKED_NONE_LIMIT = 100  # of 1000 void calls; a correct binding loses none
 
 
@@ -43,7 +45,7 @@ def check_qt() -> str:
     from PySide6.QtGui import QImage, QImageReader
     from PySide6.QtWidgets import QApplication, QStyleFactory
 
-    from engine.selftest import expect
+    from engine.cli.selftest import expect
 
     app = QApplication.instance() or QApplication([sys.argv[0]])
     expect(app.platformName() == "offscreen", f"Qt runs on {app.platformName()!r}, "
@@ -69,7 +71,7 @@ def check_qt_refcounts() -> str:
     from PySide6 import __version__ as pyside_version
     from PySide6.QtCore import QObject
 
-    from engine.selftest import expect
+    from engine.cli.selftest import expect
 
     probe = QObject()
     before = sys.getrefcount(None)
@@ -85,7 +87,7 @@ def check_portaudio() -> str:
     """sounddevice loads PortAudio (the bundled copy when frozen); devices are optional."""
     import sounddevice
 
-    from engine.selftest import expect
+    from engine.cli.selftest import expect
 
     library = sounddevice._libname
     expect(_inside_bundle(library), f"PortAudio was loaded from {library}, outside the bundle")
@@ -96,7 +98,7 @@ def check_portaudio() -> str:
 
 def check_app_package() -> str:
     """The GUI's package is in the build and its entry point imports."""
-    from engine.selftest import expect
+    from engine.cli.selftest import expect
 
     expect(importlib.util.find_spec("app") is not None, "the app package is not in this build")
     expect(importlib.util.find_spec("app.main") is not None,
@@ -108,6 +110,7 @@ def check_app_package() -> str:
 
 
 APP_CHECKS = [
+    *HOST.self_test_checks,  # the window, as `demixer --self-test` has it
     ("Qt", check_qt),
     ("Qt bindings", check_qt_refcounts),
     ("PortAudio", check_portaudio),
@@ -117,18 +120,14 @@ APP_CHECKS = [
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == [CHECK_DISPLAY_FLAG]:  # the self-test's and doctor's window probe
-        from app.display import check_display_main
-
-        return check_display_main()
     if argv[:1] == [SELF_TEST_FLAG]:
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # the self-test needs no display
-        from engine.selftest import main as self_test
+        from engine.cli.selftest import main as self_test
 
         return self_test(argv[1:], extra_checks=APP_CHECKS)
-    from engine.cli import main as cli_main
+    from app.launch import main as launcher_main  # also the window probe, --check-display
 
-    return cli_main(argv)
+    return launcher_main(argv)
 
 
 if __name__ == "__main__":

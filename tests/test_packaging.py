@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import engine
-from engine import selftest
-from engine.selftest import Context, engine_checks, isolated_user_data, run_check, run_checks
+from engine.cli import selftest
+from engine.cli.selftest import Context, engine_checks, isolated_user_data, run_check, run_checks
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -87,7 +87,7 @@ def test_spec_analyses_the_entry_point_with_hooks(mac_spec: dict[str, Recorder])
     assert all(Path(p).is_file() for p in analysis.kwargs["runtime_hooks"])
     hidden = set(analysis.kwargs["hiddenimports"])
     # checkpoints name their class in a pickle; the CLI and backends import lazily
-    assert {"demucs.htdemucs", "engine.selftest", "engine.cli", "engine.cli_separate",
+    assert {"demucs.htdemucs", "engine.cli.selftest", "engine.cli", "engine.cli.separate",
             "app.main"} <= hidden
     assert {"tkinter", "matplotlib", "pytest", "demucs.hf"} <= set(analysis.kwargs["excludes"])
 
@@ -239,14 +239,14 @@ def test_entry_answers_the_window_probe_of_doctor_and_the_self_test(
 
 
 def test_entry_sends_everything_else_to_the_cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    import engine.cli
+    import app.launch
 
     seen: list[list[str]] = []
     def cli_main(argv: list[str]) -> int:
         seen.append(argv)
         return 3
 
-    monkeypatch.setattr(engine.cli, "main", cli_main)
+    monkeypatch.setattr(app.launch, "main", cli_main)
     assert entry.main(["separate", "song.wav"]) == 3
     assert entry.main([]) == 3
     assert seen == [["separate", "song.wav"], []]

@@ -15,10 +15,10 @@ import pytest
 
 import app.display
 from app.display import NO_DISPLAY, debian_package, display_problem
-from engine.selftest import check_window
+from app.doctor import check_window
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = "import sys; from engine.cli import main; sys.exit(main(sys.argv[1:]))"
+LAUNCH = "import sys; from app.launch import main; sys.exit(main(sys.argv[1:]))"
 XCB_MISSING = ["libxcb-icccm.so.4", "libxcb-keysyms.so.1"]  # a fresh Debian's, measured
 
 pytestmark = pytest.mark.skipif(sys.platform in ("darwin", "win32"),
@@ -94,7 +94,7 @@ def test_check_display_reports_the_missing_libraries(tmp_path: Path) -> None:
 def test_doctor_and_the_self_test_check_the_window(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     """With no display in this session (as in CI) both say so, and that the libraries the
     window needs are there (tests/run.sh installs them)."""
-    from engine.cli import main
+    from app.launch import main
 
     for name in ("DISPLAY", "WAYLAND_DISPLAY"):
         monkeypatch.delenv(name, raising=False)

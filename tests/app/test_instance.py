@@ -54,7 +54,7 @@ def test_a_second_demixer_hands_its_files_to_the_open_window(app_env, song, apps
     home = Path(app_env["DEMIXER_HOME"])
     apps.append(start_app(app_env))
     started = time.monotonic()
-    second = subprocess.run([sys.executable, "-m", "engine.cli", song.name], env=app_env,
+    second = subprocess.run([sys.executable, "-m", "app", song.name], env=app_env,
                             cwd=song.parent, capture_output=True, text=True, timeout=60)
     took = time.monotonic() - started
     assert second.returncode == 0, second.stderr
@@ -68,7 +68,7 @@ def test_a_second_demixer_hands_its_files_to_the_open_window(app_env, song, apps
     assert socket_file.exists()  # what a crash leaves behind
     apps.append(start_app(app_env))  # the lock died with the process; the socket is stale
     other = write_wav(tmp_path / "other.wav", sine_mix(2.0, 44100, amplitude=0.3), 44100)
-    third = subprocess.run([sys.executable, "-m", "engine.cli", str(other)], env=app_env,
+    third = subprocess.run([sys.executable, "-m", "app", str(other)], env=app_env,
                            capture_output=True, text=True, timeout=60)
     assert third.returncode == 0, third.stderr
     _wait_separated(home, [song, other], apps[1])

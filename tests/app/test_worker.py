@@ -13,7 +13,7 @@ import app.models
 from app.models import ModelKey
 from app.worker import _Child
 from engine.calibrate import CalibrationProgress
-from engine.convert import ConvertProgress
+from engine.coreml.convert import ConvertProgress
 from engine.download import DownloadProgress
 from engine.errors import ChecksumError
 

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from engine.cli import main
-from engine.convert import ConvertOptions
-from engine.coreml_cache import CachedPackage, cache_root
+from engine.coreml.cache import CachedPackage, cache_root
+from engine.coreml.convert import ConvertOptions
 from engine.store import checkpoints_dir, data_dir
 from tests.engine.test_convert import load_spec, op_dtypes, session_package
 
@@ -150,7 +150,9 @@ def test_doctor_reports_versions_backends_and_audio(monkeypatch: pytest.MonkeyPa
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     import coremltools
 
-    assert main(["doctor"]) == 0
+    from app.launch import main as demixer  # `demixer doctor`: the launcher adds the audio
+
+    assert demixer(["doctor"]) == 0
     out = capsys.readouterr().out
     assert f"Python: {platform.python_version()}" in out
     assert f"torch {torch.__version__}" in out
@@ -168,6 +170,6 @@ def test_doctor_reports_versions_backends_and_audio(monkeypatch: pytest.MonkeyPa
     assert f"MLX: {version} on {mx.default_device()} (0 converted" in out
     monkeypatch.setattr("engine.mlx_backend.mlx_available", lambda: False)
     monkeypatch.setitem(sys.modules, "sounddevice", None)  # as if PortAudio were missing
-    assert main(["doctor"]) == 0
+    assert demixer(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "Audio output: unavailable" in out and "MLX: not installed or not usable" in out

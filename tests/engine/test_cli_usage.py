@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine import cli_separate
 from engine.cli import main
+from engine.cli import separate as cli_separate
 
 MISTAKES: dict[str, list[str]] = {
     "unknown template field": ["--filename", "{track}/{stems}.{ext}"],
@@ -136,7 +136,7 @@ def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> Non
 def test_an_unexpected_error_outside_a_job_is_one_line(monkeypatch: pytest.MonkeyPatch,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
-    from engine import cli_models
+    from engine.cli import models as cli_models
 
     def broken(args: object) -> int:
         raise RuntimeError("torch said no")

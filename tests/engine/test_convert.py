@@ -19,8 +19,10 @@ import pytest
 import torch
 from demucs.pretrained import get_model
 
-from engine import convert
-from engine.convert import (
+from engine.core import core_shapes
+from engine.coreml import convert
+from engine.coreml.cache import CachedPackage, ensure_model_packages
+from engine.coreml.convert import (
     CONVERSION_VERSION,
     ConvertOptions,
     ConvertProgress,
@@ -29,8 +31,6 @@ from engine.convert import (
     to_mlprogram,
     trace_core,
 )
-from engine.core import core_shapes
-from engine.coreml_cache import CachedPackage, ensure_model_packages
 from engine.errors import Cancelled
 from engine.store import resolve_model
 
@@ -212,7 +212,7 @@ def test_int_fix_is_registered_once() -> None:
 
     register_int_fix()  # whether or not an earlier conversion registered it
     fix = _TORCH_OPS_REGISTRY.name_to_func_mapping["int"]
-    assert fix.__module__ == "engine.convert"
+    assert fix.__module__ == "engine.coreml.convert"
     assert register_int_fix() is False
     assert _TORCH_OPS_REGISTRY.name_to_func_mapping["int"] is fix
 

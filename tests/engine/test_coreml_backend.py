@@ -22,16 +22,17 @@ import soundfile as sf
 import torch
 from demucs.pretrained import get_model
 
-from engine import coreml_backend, stft
+from engine import stft
 from engine.backends import Backend, TorchBackend
-from engine.convert import ConvertOptions
-from engine.coreml_backend import (
+from engine.coreml import backend as coreml_backend
+from engine.coreml.backend import (
     CoreMLBackend,
     CoreMLFallbackWarning,
     check_compute_units,
     coreml_backends_for,
 )
-from engine.coreml_cache import CachedPackage
+from engine.coreml.cache import CachedPackage
+from engine.coreml.convert import ConvertOptions
 from engine.errors import DemixerError
 from engine.store import resolve_model
 from tests.engine.test_convert import io_signature, load_spec, session_package

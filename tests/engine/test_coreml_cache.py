@@ -21,8 +21,7 @@ from typing import NoReturn
 
 import pytest
 
-from engine.convert import ConvertOptions, ConvertProgress
-from engine.coreml_cache import (
+from engine.coreml.cache import (
     MANIFEST,
     CachedPackage,
     CacheKey,
@@ -34,6 +33,7 @@ from engine.coreml_cache import (
     list_entries,
     validate_entry,
 )
+from engine.coreml.convert import ConvertOptions, ConvertProgress
 from engine.errors import Cancelled
 from engine.store import resolve_model
 from tests.engine.test_convert import tiny_session_package
@@ -172,7 +172,7 @@ def test_a_broken_entry_is_rebuilt_never_loaded(cache_copy: tuple[Path, CacheKey
 _CONVERTED_ALREADY = textwrap.dedent("""
     import sys
     from pathlib import Path
-    import engine.convert as convert
+    import engine.coreml.convert as convert
 
     def converted_already(model, name, options, progress=None, cancel=None):
         ct = convert.import_coremltools()
@@ -187,8 +187,8 @@ _CONVERTED_ALREADY = textwrap.dedent("""
 _KILLED_CHILD = _CONVERTED_ALREADY + textwrap.dedent("""
     import os, signal
     import coremltools as ct
-    from engine.convert import ConvertOptions, ConvertProgress
-    from engine.coreml_cache import CacheKey, ensure_package
+    from engine.coreml.convert import ConvertOptions, ConvertProgress
+    from engine.coreml.cache import CacheKey, ensure_package
     from engine.store import load_model, resolve_model
 
     root, repo = Path(sys.argv[1]), Path(sys.argv[2])
@@ -236,8 +236,8 @@ def test_a_conversion_killed_halfway_leaves_nothing_loadable(
 
 _RACING_CHILD = _CONVERTED_ALREADY + textwrap.dedent("""
     import json, time
-    from engine.convert import ConvertOptions, ConvertProgress
-    from engine.coreml_cache import ensure_model_packages
+    from engine.coreml.convert import ConvertOptions, ConvertProgress
+    from engine.coreml.cache import ensure_model_packages
     from engine.store import resolve_model
 
     root, repo, flag = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
@@ -327,7 +327,7 @@ def test_waiting_for_a_lock_can_be_cancelled(tmp_path: Path) -> None:
 def test_a_hand_edited_manifest_is_reported_not_a_crash(
         manifest: dict, capsys: pytest.CaptureFixture[str]) -> None:
     from engine.cli import main
-    from engine.coreml_cache import cache_root, list_entries
+    from engine.coreml.cache import cache_root, list_entries
 
     entry = cache_root() / "htdemucs-edited"
     entry.mkdir(parents=True)

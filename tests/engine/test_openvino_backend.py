@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from engine.cli import main
-from engine.convert import ConvertProgress
+from engine.coreml.convert import ConvertProgress
 from engine.onnx_cache import OnnxKey, ensure_model_onnx, find_onnx
 from engine.openvino_backend import (
     OpenVINOBackend,

@@ -1,4 +1,4 @@
-"""`CoreMLBackend`: the converted core (engine.convert, engine.coreml_cache) on macOS 13+.
+"""`CoreMLBackend`: the converted core (engine.coreml.convert, engine.coreml.cache) on macOS 13+.
 
 Implements the `engine.backends.Backend` protocol with coremltools's `MLModel` (or the
 `CompiledMLModel` of the cached `.mlmodelc`):
@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.backends import coreml_supported
-from engine.convert import (
+from engine.coreml.cache import CachedPackage, ensure_model_packages
+from engine.coreml.convert import (
     COMPILED_NAME,
     DEFAULT_OPTIONS,
     META_PREFIX,
@@ -35,7 +36,6 @@ from engine.convert import (
     read_metadata,
     shapes_from_metadata,
 )
-from engine.coreml_cache import CachedPackage, ensure_model_packages
 from engine.errors import DemixerError
 
 if TYPE_CHECKING:

@@ -8,13 +8,13 @@ hold for any weights: the stems equal demucs's own `apply_model` on the same che
 the same decoded mix, their sum equals demucs's sum, the written files equal the stem buffers,
 and every length is exact. Around that it checks what a frozen app most often lacks: the CA
 bundle for HTTPS, the data files of the model catalogue and of demucs, the native libraries
-(FFmpeg through PyAV, LAME, libsndfile, soxr), that the app's window can open (in a child
-process), CoreML conversion (coremltools), an MLX separation checked against demucs (the Apple
-GPU on a Mac, MLX's CPU build on Linux; a line says so where MLX is not installed), and on
-macOS a CoreML separation.
+(FFmpeg through PyAV, LAME, libsndfile, soxr), CoreML conversion (coremltools), an MLX
+separation checked against demucs (the Apple GPU on a Mac, MLX's CPU build on Linux; a line
+says so where MLX is not installed), and on macOS a CoreML separation.
 
 Each check prints one line; the exit code is 0 when all pass, 1 otherwise. `main` takes extra
-checks (the frozen app adds its Qt and PortAudio checks, which `engine` may not import).
+checks from the layer above, which `engine` may not make itself: the launcher adds the window
+check (`app.doctor`), the frozen app also its Qt and PortAudio checks.
 """
 
 from __future__ import annotations
@@ -171,44 +171,6 @@ def check_libraries() -> str:
     return (f"torch {torch.__version__} ({torch.get_num_threads()} threads), scipy.fft, "
             f"soxr {soxr.__version__}, libsndfile {soundfile.__libsndfile_version__}, "
             f"FFmpeg {av.ffmpeg_version_info} (PyAV {av.__version__})")
-
-
-WINDOW_CHECK_FLAG = "--check-display"  # app.display: 0 opens, 3 no display here, else not
-NO_DISPLAY_EXIT = 3
-WINDOW_CHECK_TIMEOUT_S = 60
-
-
-def window_probe() -> tuple[int | None, str]:
-    """Whether the app's window can open here, asked of a child process (`python -m app
-    --check-display`, or the frozen app's own `--check-display`): engine never loads Qt, and
-    Qt aborts the process it fails in. (exit code or None, the child's one line.)"""
-    import subprocess
-
-    if getattr(sys, "frozen", False):
-        command = [sys.executable, WINDOW_CHECK_FLAG]
-    else:
-        command = [sys.executable, "-m", "app", WINDOW_CHECK_FLAG]
-    env = dict(os.environ)
-    if env.get("QT_QPA_PLATFORM") == "offscreen":  # the self-test's (or the tests') own
-        del env["QT_QPA_PLATFORM"]
-    try:
-        run = subprocess.run(command, capture_output=True, text=True, env=env, check=False,
-                             timeout=WINDOW_CHECK_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return None, f"the window check did not run ({exc})"
-    lines = run.stdout.strip().splitlines()
-    if run.returncode in (0, 1, NO_DISPLAY_EXIT) and lines:
-        return run.returncode, lines[-1]
-    said = next((line for line in run.stderr.splitlines() if line.strip()), "no message")
-    return run.returncode, f"opening a window failed (exit code {run.returncode}): {said}"
-
-
-def check_window() -> str:
-    """The app's window can open (or this session has no display, and the libraries the
-    window needs are all installed)."""
-    code, line = window_probe()
-    expect(code in (0, NO_DISPLAY_EXIT), line)
-    return line
 
 
 # --- the separation ------------------------------------------------------------------------
@@ -472,7 +434,7 @@ def check_coreml_conversion(ctx: Context) -> str:
     metadata back: what the Mac app does on a model's first use (prediction needs macOS)."""
     import torch
 
-    from engine.convert import convert_core, read_metadata, shapes_from_metadata
+    from engine.coreml.convert import convert_core, read_metadata, shapes_from_metadata
     from engine.store import load_model, resolve_model
 
     resolved = resolve_model(MODEL, ctx["repo"], download=False)
@@ -580,7 +542,6 @@ def engine_checks(ctx: Context) -> list[Check]:
         ("CA bundle", check_ca_bundle),
         ("data files", check_data_files),
         ("libraries", check_libraries),
-        ("window", check_window),
         ("test model", lambda: check_test_model(ctx)),
         ("test file", lambda: check_test_file(ctx)),
         ("decode", lambda: check_decode(ctx)),
@@ -629,7 +590,7 @@ def describe_runtime() -> str:
     from engine import __version__
 
     bundle = getattr(sys, "_MEIPASS", None)
-    where = f"frozen app in {bundle}" if bundle else f"from {Path(__file__).parent.parent}"
+    where = f"frozen app in {bundle}" if bundle else f"from {Path(__file__).parents[2]}"
     return (f"Demixer {__version__} self-test: {platform.system()} {platform.machine()}, "
             f"Python {platform.python_version()}, {where}")
 

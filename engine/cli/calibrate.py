@@ -127,7 +127,7 @@ def as_json(calibration: Calibration, quality: str) -> dict[str, object]:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from engine.calibrate import calibrate
-    from engine.cli_models import download_printer, stage_printer
+    from engine.cli.models import download_printer, stage_printer
     from engine.store import load_model, resolve_model
 
     resolved = resolve_model(args.name, args.repo, progress=download_printer())

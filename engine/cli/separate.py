@@ -1,6 +1,6 @@
 """`demixer separate`: many files, one model, one line per file, exit 0/1/2.
 
-Usage mistakes (`engine.cli_usage`) are reported before the model loads, exit 2. Each file
+Usage mistakes (`engine.cli.usage`) are reported before the model loads, exit 2. Each file
 runs as a resumable job in its own `engine.partial` folder: Ctrl-C or SIGTERM stops it
 between chunks and keeps what is finished, and so does a kill or a crash (up to the last
 checkpoint); running the same command again resumes it ("resuming song.wav from 63%") and
@@ -74,8 +74,8 @@ def plan_from(args: argparse.Namespace, model_name: str) -> OutputPlan:
 
 def _load(args: argparse.Namespace, name: str, options: SeparationOptions) -> Separator:
     from engine.backends import EXPORTED_KINDS, resolve_backend_kind
-    from engine.cli_calibrate import progress_printer
-    from engine.cli_models import download_printer, stage_printer
+    from engine.cli.calibrate import progress_printer
+    from engine.cli.models import download_printer, stage_printer
     from engine.pipeline import build_separator, uses_calibration
 
     calibrated = uses_calibration(args.backend, args.precision, args.compute_units,
@@ -133,7 +133,7 @@ def _sigterm_as_interrupt() -> Iterator[list[int]]:
 
 
 def run_separate(args: argparse.Namespace) -> int:
-    from engine.cli_usage import check_after_load, check_usage
+    from engine.cli.usage import check_after_load, check_usage
 
     name = args.name or default_model()
     try:

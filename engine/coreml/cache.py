@@ -1,7 +1,7 @@
 """The cache of converted CoreML packages: convert once per model and settings, load after.
 
 Layout, under `data_dir()/coreml` (`cache_root()`):
-    <entry>/core.mlpackage     the ML Program (engine.convert)
+    <entry>/core.mlpackage     the ML Program (engine.coreml.convert)
     <entry>/core.mlmodelc      its compiled form (macOS only)
     <entry>/manifest.json      key, metadata, size and SHA-256 of every file - written last
     .<entry>.lock              fcntl lock: one process converts an entry at a time
@@ -35,7 +35,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from engine.convert import (
+from engine.coreml.convert import (
     CONVERSION_VERSION,
     DEFAULT_OPTIONS,
     META_PREFIX,

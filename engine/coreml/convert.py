@@ -3,7 +3,7 @@
 `convert_core(model, out_dir, ...)` traces the core of one HTDemucs with the shapes of the
 model's own segment and converts it with coremltools to `out_dir/core.mlpackage` (ML Program,
 macOS 13+), then, on macOS only, compiles it to `out_dir/core.mlmodelc`. Caching, locking and
-atomic publication are `engine.coreml_cache`'s job; this module only writes into `out_dir`.
+atomic publication are `engine.coreml.cache`'s job; this module only writes into `out_dir`.
 
 The package (B = the batch size it was converted for, see `engine.core` for the layout):
     inputs  spec (B, 2C, F, T) float32, wave (B, C, L) float32
@@ -177,7 +177,7 @@ def mha_fastpath_disabled() -> Iterator[None]:
 _int_fix_lock = threading.Lock()
 _int_fix_registered = False
 # The settings `quiet_conversion` and tracing change are process-global: one conversion at a
-# time per process (the file lock in engine.coreml_cache serialises processes).
+# time per process (the file lock in engine.coreml.cache serialises processes).
 _conversion_lock = threading.Lock()
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine.catalogue import default_model, get_entry, model_names
-from engine.convert import COMPRESSIONS, PRECISIONS, ConvertOptions, ConvertProgress
+from engine.coreml.convert import COMPRESSIONS, PRECISIONS, ConvertOptions, ConvertProgress
 from engine.errors import ChecksumError, DemixerError, ModelUnavailableError
 
 if TYPE_CHECKING:
-    from engine.coreml_cache import EntryInfo
+    from engine.coreml.cache import EntryInfo
 
 
 def _mb(size: int) -> str:
@@ -61,7 +61,7 @@ def add_models_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="chunks per prediction (default 1)")
     p.set_defaults(func=run_convert)
 
-    from engine.cli_calibrate import add_calibrate_command
+    from engine.cli.calibrate import add_calibrate_command
 
     add_calibrate_command(msub)
     _add_onnx_commands(msub)
@@ -133,7 +133,7 @@ def _entry_label(info: EntryInfo) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from engine.coreml_cache import cache_root, list_entries
+    from engine.coreml.cache import cache_root, list_entries
     from engine.onnx_cache import cache_root as onnx_root
     from engine.onnx_cache import list_entries as onnx_entries
     from engine.store import checkpoints_dir
@@ -217,7 +217,7 @@ def download_printer() -> Callable[[Any], None] | None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from engine.coreml_cache import ensure_model_packages
+    from engine.coreml.cache import ensure_model_packages
     from engine.store import resolve_model
 
     options = ConvertOptions(precision=args.precision, compress=args.compress, batch=args.batch)
@@ -358,7 +358,7 @@ def _verify_repo(name: str, repo: Path) -> list[tuple[str, str, bool]]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from engine.coreml_cache import list_entries
+    from engine.coreml.cache import list_entries
     from engine.onnx_cache import list_entries as onnx_entries
 
     ok = True
@@ -404,7 +404,7 @@ def _confirm(question: str) -> bool:
 
 def run_clear(args: argparse.Namespace) -> int:
     from engine import onnx_cache
-    from engine.coreml_cache import clear_cache, list_entries
+    from engine.coreml.cache import clear_cache, list_entries
 
     entries = list_entries()
     exports = onnx_cache.list_entries()
@@ -445,10 +445,10 @@ def _torch_line() -> str:
 
 def _coreml_lines() -> list[str]:
     from engine.backends import coreml_supported
-    from engine.coreml_backend import COMPUTE_UNITS
+    from engine.coreml.backend import COMPUTE_UNITS
 
     try:
-        from engine.convert import coremltools_version
+        from engine.coreml.convert import coremltools_version
 
         lines = [f"coremltools {coremltools_version()} (conversion works on macOS and Linux)"]
     except DemixerError as err:
@@ -495,24 +495,6 @@ def _runtime_lines() -> list[str]:
     return lines
 
 
-def _audio_lines() -> list[str]:
-    try:
-        import sounddevice as sd
-    except (ImportError, OSError) as exc:  # OSError: the PortAudio library is missing
-        return [f"Audio output: unavailable ({exc}); playback in the app needs PortAudio"]
-    try:
-        devices = sd.query_devices()
-        default_out = sd.default.device[1]
-    except Exception as exc:  # PortAudio present but failing (no audio server, ...)
-        return [f"Audio output: unavailable ({exc})"]
-    outputs = [(i, d) for i, d in enumerate(devices) if d["max_output_channels"] > 0]
-    if not outputs:
-        return ["Audio output devices: none found"]
-    return ["Audio output devices:"] + [
-        f"  {'*' if i == default_out else ' '} {d['name']} ({d['max_output_channels']} ch, "
-        f"{d['default_samplerate']:.0f} Hz)" for i, d in outputs]
-
-
 def _mlx_line() -> str:
     """MLX: its version and device (the GPU on a Mac; the CPU build is a test vehicle)."""
     from engine.mlx_backend import mlx_available
@@ -528,16 +510,10 @@ def _mlx_line() -> str:
             f"({cached} converted models in {cache_root()})")
 
 
-def _window_line() -> str:
-    from engine.selftest import window_probe  # a child process: Qt never loads here
-
-    return f"Window: {window_probe()[1]}"
-
-
 def run_doctor(args: argparse.Namespace) -> int:
     from engine import __version__
-    from engine.cli_calibrate import backend_lines, doctor_lines
-    from engine.coreml_cache import cache_root, list_entries
+    from engine.cli.calibrate import backend_lines, doctor_lines
+    from engine.coreml.cache import cache_root, list_entries
     from engine.store import data_dir
 
     mac = platform.mac_ver()[0]
@@ -549,6 +525,6 @@ def run_doctor(args: argparse.Namespace) -> int:
              _torch_line(), *_coreml_lines(), _mlx_line(),
              *_runtime_lines(), *backend_lines(),
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
-             *_audio_lines(), _window_line(), *doctor_lines()]
+             *args.host.doctor_lines(), *doctor_lines()]
     print("\n".join(lines))
     return 0

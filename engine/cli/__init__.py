@@ -1,9 +1,13 @@
 """`demixer`: the command line. `demixer FILE...` opens the app; subcommands run headless.
 
+This package is the headless part. The launcher (`app.launch.main`: the console script, `python
+-m app` and the frozen app's entry) sends everything `is_headless` accepts here and opens the
+window for the rest, so `engine` never reaches for `app`.
+
 `demixer separate` takes demucs's flag names wherever the meaning is the same, so a demucs
 user's command works. Exit codes: 0 all files done, 1 any file failed (the rest still ran),
 2 usage errors (argparse's own, and settings that cannot work, e.g. CoreML off macOS), each
-one line; 130 after Ctrl-C, 143 after SIGTERM (the work so far is kept: see cli_separate).
+one line; 130 after Ctrl-C, 143 after SIGTERM (the work so far is kept: see engine.cli.separate).
 """
 
 from __future__ import annotations
@@ -12,15 +16,35 @@ import argparse
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
 from engine import __version__
+from engine.cli.models import add_doctor_command, add_models_commands
 from engine.errors import DemixerError
 from engine.names import printable
 
-SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor", "bench")
+SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor")
+
+
+def _no_lines() -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class Host:
+    """What the layer above adds to the headless commands, which `engine` may not look at
+    itself (it never imports Qt, sounddevice or `app`): `demixer doctor`'s lines after the
+    data folder's (audio devices, the window) and `--self-test`'s extra checks (name, check
+    returning its one line). The launcher passes the app's (`app.doctor.HOST`)."""
+
+    doctor_lines: Callable[[], list[str]] = _no_lines
+    self_test_checks: Sequence[tuple[str, Callable[[], str]]] = ()
+
+
+NO_HOST = Host()
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -115,22 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _add_separate(sub)
     _add_make_test_model(sub)
-    try:
-        from engine.cli_models import add_doctor_command, add_models_commands
-    except ImportError:  # pragma: no cover - the models commands land with the CoreML work
-        pass
-    else:
-        add_models_commands(sub)
-        add_doctor_command(sub)
+    add_models_commands(sub)
+    add_doctor_command(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, host: Host = NO_HOST) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--self-test"]:  # the engine's checks; the frozen app adds Qt/PortAudio
-        from engine.selftest import main as self_test
+    if argv[:1] == ["--self-test"]:  # the engine's checks, then the host's (window, Qt...)
+        from engine.cli.selftest import main as self_test
 
-        return self_test(argv[1:])
+        return self_test(argv[1:], extra_checks=host.self_test_checks)
     if argv[:1] == ["--version"]:
         print(f"demixer {__version__}")
         return 0
@@ -140,12 +159,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"demixer: unknown command '{printable(argv[0])}'; did you mean '{typo}'?",
                   file=sys.stderr)
             return 2
-    if not argv or (argv[0] not in SUBCOMMANDS and not argv[0].startswith("-")):
-        return _open_app(argv)
     args = build_parser().parse_args(argv)
+    args.host = host
     try:
         if args.command == "separate":
-            from engine.cli_separate import run_separate
+            from engine.cli.separate import run_separate
 
             return run_separate(args)
         return int(args.func(args))
@@ -162,25 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def is_headless(argv: Sequence[str]) -> bool:
+    """Whether `argv` is for this command line (a subcommand, a flag, or a mistyped
+    subcommand, which `main` names), not files for the window."""
+    if not argv:
+        return False
+    first = argv[0]
+    return first in SUBCOMMANDS or first.startswith("-") or _mistyped_command(first) is not None
+
+
 def _mistyped_command(word: str) -> str | None:
     """The subcommand `word` was probably meant to be, if it is not a file or folder."""
     if os.path.exists(word) or os.sep in word or Path(word).suffix:
         return None
     close = difflib.get_close_matches(word, SUBCOMMANDS, n=1, cutoff=0.6)
     return close[0] if close else None
-
-
-def _open_app(files: list[str]) -> int:
-    """`demixer [FILE...]`: the window, with the files queued as if dropped (or handed to
-    the window already open); says what is missing when no window can open here."""
-    try:
-        from app.launch import launch
-    except ImportError as err:  # pragma: no cover - a headless install without Qt
-        print(f"demixer: the app cannot start ({err}); use `demixer separate`.",
-              file=sys.stderr)
-        return 2
-    return launch(files)
-
-
-if __name__ == "__main__":  # python -m engine.cli
-    sys.exit(main())
