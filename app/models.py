@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.worker import Message, WorkerClient
 from engine.errors import DemixerError
+from engine.intervals import Intervals
 from engine.separator import SeparationOptions, Separator
 from engine.store import ENV_MODEL_REPO, model_status
 
@@ -55,11 +57,19 @@ def build(key: ModelKey, progress: Any = None, cancel: Any = None,
 
 
 class LiveProgress:
-    """How far a running separation's stems are final. NB: `ready_frames` is a plain int,
-    raised by the reader thread as messages arrive; the feeder and peaks threads read it."""
+    """Where a running separation's stems are final: `final` (an immutable `Intervals`, out
+    of order after a seek) and its prefix `ready_frames`. NB: both are replaced by single
+    stores on the reader thread as messages arrive (`final` first); the feeder, peaks and GUI
+    threads read them."""
 
     def __init__(self) -> None:
+        self.final = Intervals()
         self.ready_frames = 0
+
+    def grow(self, spans: Iterable[tuple[int, int]], ready_frames: int) -> None:
+        """Take an event's final intervals (they only ever grow)."""
+        self.final = self.final.union(Intervals(spans).add(0, ready_frames))
+        self.ready_frames = max(self.ready_frames, ready_frames, self.final.prefix)
 
 
 class SeparationService(QObject):
@@ -135,6 +145,11 @@ class SeparationService(QObject):
     def cancel_job(self, job_id: int) -> None:
         self.client.send(("cancel", job_id))
 
+    def focus_job(self, job_id: int, frame: int) -> None:
+        """Ask the running job to separate around `frame` first (the listener sought there)."""
+        if self.client.alive:
+            self.client.send(("focus", job_id, int(frame)))
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker (its job keeps its finished chunks); after `timeout` seconds it
         is terminated (the last checkpoint on disk still holds)."""
@@ -148,7 +163,7 @@ class SeparationService(QObject):
             with self._lock:
                 live = self._live.get(message[1])
             if live is not None:
-                live.ready_frames = max(live.ready_frames, message[2].ready_frames)
+                live.grow(message[2].final, message[2].ready_frames)
         self._message.emit(message)
 
     def _dispatch(self, message: Message) -> None:

@@ -14,6 +14,8 @@ Protocol over one duplex `multiprocessing` pipe (messages are tuples of picklabl
                    | ("separate", job_id, path, key, stems_dir, mix_dir, resume)
                    | ("calibrate", key) | ("cancel", job_id) | ("quit",)  (both keep the
                                                                             finished chunks)
+                   | ("focus", job_id, frame)  the listener sought to `frame`: separate
+                                               around it first (`SeparationJob.focus`)
   child -> parent: ("model", kind, key, payload)   progress|convert|calibrate|loaded|failed|
                                                    cancelled|calibrated|calibration-failed
                    ("track", job_id, info)         stems exist: frames, rates, sources
@@ -196,6 +198,9 @@ class _Child:
         if message[0] == "cancel":
             if message[1] == job.job_id:
                 job.cancel()
+        elif message[0] == "focus":
+            if message[1] == job.job_id:
+                job.focus(message[2])
         elif message[0] == "quit":
             job.cancel()
             self.quitting = True
