@@ -384,9 +384,10 @@ class _Finisher:
             assembler = self.assemblers[chunk.pass_index]
             for start, region in assembler.add(chunk, out, self.combiner.final):
                 self.combiner.add(chunk.pass_index, start, region)
-        self.sink.set_final(self.combiner.finalize())
+        final = self.combiner.finalize()
+        self.sink.final = final  # NB: published (written above) before anyone is told
         self.done += len(chunks)
-        if self.on_progress is not None:
-            final = self.sink.final
+        if self.on_progress is not None:  # the listener hears of it before any fsync
             self.on_progress(Progress(self.done, self.total, final.prefix,
                                       time.monotonic() - self.t0, self.resumed, final))
+        self.sink.set_final(final)  # checkpoints when one is due

@@ -15,7 +15,9 @@ once, before the rounds); the listener seeks to 60 % of it as soon as the lanes 
 is in flight then and finishes first). The time from the seek to the first "ready" event
 whose final intervals hold that frame, in seconds and as a multiple of one segment through
 the backend in use (`seek_first_audio_s`, `seek_first_over_segment` at the top level of the
-JSON, best of the rounds; `seek_first_midrun_*` for the second); each round a fresh process.
+JSON, best of the rounds; `seek_first_midrun_*` for the second; `start_of_song_over_segment`:
+the same without a seek, to the song's first audio, as a control under the same load); each
+round a fresh process, the three kinds interleaved.
 
 `--core`: each core runtime's seconds per 7.8 s segment (torch fp32/bf16, OpenVINO f32/bf16,
 ONNX Runtime fp32), each in its own fresh process, rounds interleaved, best call of the best
@@ -495,9 +497,10 @@ def seek_one(repo: str, song: str, when: str, shifts: str) -> int:
     def on_event(e: JobEvent) -> None:
         now = time.perf_counter()
         if e.kind == "stage" and e.stage == "separating":
-            target.append(int(SEEK_AT * job.stems.frames))  # type: ignore[union-attr]
+            at = 0.0 if when == "baseline" else SEEK_AT
+            target.append(int(at * job.stems.frames))  # type: ignore[union-attr]
             marks["start"] = now
-            if when == "start":
+            if when in ("start", "baseline"):  # baseline: no seek, the song's start
                 seek()
         elif e.kind == "ready" and "seek" not in marks and "first" not in marks:
             marks["first"] = now
@@ -526,7 +529,7 @@ def run_seek_first(args: argparse.Namespace) -> int:
             "from engine.pipeline import build_separator; from pathlib import Path; "
             f"build_separator({MODEL!r}, repo=Path(sys.argv[2]))", str(ROOT), str(repo)]
     print(f"calibrating once: {_child(warm, env)['wall_s']:.0f} s", flush=True)
-    rounds: dict[str, list[dict]] = {"start": [], "midrun": []}
+    rounds: dict[str, list[dict]] = {"start": [], "midrun": [], "baseline": []}
     for rnd in range(args.repeat):  # interleaved, so a slow spell hits both
         for when in rounds:
             run = _child([sys.executable, __file__, "--seek-one", str(repo), str(song), when,
@@ -549,10 +552,12 @@ def _seek_report(args: argparse.Namespace, rounds: dict[str, list[dict]]) -> dic
     """Best round (lowest multiple of a segment) of each, and every round for the record."""
     start = min(rounds["start"], key=lambda r: r["over_segment"])
     mid = min(rounds["midrun"], key=lambda r: r["over_segment"])
+    base = min(rounds["baseline"], key=lambda r: r["over_segment"])
     med = sorted(r["over_segment"] for r in rounds["start"])[len(rounds["start"]) // 2]
     print(f"\nseek to {SEEK_AT:.0%} of {args.seconds:.0f} s, {start['backend']}, shifts "
           f"{args.shifts}: {start['audio_s']:.2f} s = {start['over_segment']:.2f}x a segment "
-          f"(median {med:.2f}x); mid-run {mid['audio_s']:.2f} s = {mid['over_segment']:.2f}x")
+          f"(median {med:.2f}x); mid-run {mid['audio_s']:.2f} s = {mid['over_segment']:.2f}x; "
+          f"no seek, the song's start: {base['over_segment']:.2f}x")
     return {"machine": machine(), "model": MODEL, "seconds": args.seconds, "seek_at": SEEK_AT,
             "shifts": args.shifts, "overlap": 0.25, "backend": start["backend"],
             "rounds": args.repeat,
@@ -560,7 +565,8 @@ def _seek_report(args: argparse.Namespace, rounds: dict[str, list[dict]]) -> dic
             "seek_first_over_segment": start["over_segment"],
             "seek_first_over_segment_median": med,
             "seek_first_midrun_audio_s": mid["audio_s"],
-            "seek_first_midrun_over_segment": mid["over_segment"], "all_rounds": rounds}
+            "seek_first_midrun_over_segment": mid["over_segment"],
+            "start_of_song_over_segment": base["over_segment"], "all_rounds": rounds}
 
 
 # --- whole processes: the demucs command against demixer separate ------------------------
