@@ -243,7 +243,9 @@ def main() -> int:
     ap.add_argument("--seek-first", action="store_true",
                     help="time from a seek to 60 %% to playable audio there")
     ap.add_argument("--shifts", type=int, default=0, help="--seek-first: the shifts")
-    ap.add_argument("--seek-one", nargs=4, metavar=("REPO", "SONG", "WHEN", "SHIFTS"),
+    ap.add_argument("--backend", default="auto",
+                    help="--seek-first: the backend (auto: the calibrated default)")
+    ap.add_argument("--seek-one", nargs=5, metavar=("REPO", "SONG", "WHEN", "SHIFTS", "BACKEND"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -474,7 +476,7 @@ def core_rows(repo: Path, runtimes: list[str], rounds: int, calls: int,
 SEEK_AT = 0.6
 
 
-def seek_one(repo: str, song: str, when: str, shifts: str) -> int:
+def seek_one(repo: str, song: str, when: str, shifts: str, backend: str) -> int:
     """One round in this fresh process: separate `song` on the default backend, seek to 60 %
     `when` ("start": as the separating stage begins; "midrun": half a chunk after the first
     region is ready), print the seconds to playable audio there and one segment's time."""
@@ -484,7 +486,7 @@ def seek_one(repo: str, song: str, when: str, shifts: str) -> int:
     from engine.pipeline import build_separator
     from engine.separator import SeparationOptions
 
-    sep = build_separator(MODEL, repo=Path(repo),
+    sep = build_separator(MODEL, repo=Path(repo), backend=backend,
                           options=SeparationOptions(shifts=int(shifts), overlap=0.25, seed=0))
     marks: dict[str, float] = {}
     job: SeparationJob
@@ -527,13 +529,14 @@ def run_seek_first(args: argparse.Namespace) -> int:
     song = _music(work / "song.wav", args.seconds)
     warm = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
             "from engine.pipeline import build_separator; from pathlib import Path; "
-            f"build_separator({MODEL!r}, repo=Path(sys.argv[2]))", str(ROOT), str(repo)]
-    print(f"calibrating once: {_child(warm, env)['wall_s']:.0f} s", flush=True)
+            f"build_separator({MODEL!r}, repo=Path(sys.argv[2]), backend=sys.argv[3])",
+            str(ROOT), str(repo), args.backend]
+    print(f"calibrating / exporting once: {_child(warm, env)['wall_s']:.0f} s", flush=True)
     rounds: dict[str, list[dict]] = {"start": [], "midrun": [], "baseline": []}
     for rnd in range(args.repeat):  # interleaved, so a slow spell hits both
         for when in rounds:
             run = _child([sys.executable, __file__, "--seek-one", str(repo), str(song), when,
-                          str(args.shifts)], env)
+                          str(args.shifts), args.backend], env)
             line = [x for x in run["stdout"].splitlines() if x.startswith("RESULT ")][0]
             r = json.loads(line[len("RESULT "):])
             r["over_segment"] = r["audio_s"] / r["segment_s"]
