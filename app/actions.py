@@ -27,9 +27,10 @@ from app.icons import transport_icon
 from app.mixer import Mixer
 from app.queue import SeparationQueue
 from app.reveal import reveal_title
-from app.settings import MODELS, Settings
+from app.settings import Settings
 from app.trackview import TrackView
 from engine.catalogue import get_entry
+from engine.options import MODELS
 
 SEEK_S = 5.0
 FINE_SEEK_S = 1.0
@@ -126,15 +127,7 @@ class WindowActions(_Window):
         bar.setMovable(False)
         bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         bar.addAction(self.open_action)
-        self.model_box = QComboBox()
-        for name in MODELS:
-            self.model_box.addItem(get_entry(name).title, name)
-        self.model_box.setCurrentIndex(max(0, self.model_box.findData(self.settings.model)))
-        self.model_box.setToolTip("Model for the songs you add next")
-        self.model_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
-        self.two_stems_box = QCheckBox("Vocals + instrumental only")
-        self.two_stems_box.setChecked(self.settings.two_stems)
-        self.two_stems_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self._model_boxes()
         bar.addWidget(self.model_box)
         bar.addWidget(self.two_stems_box)
         bar.addSeparator()
@@ -160,6 +153,18 @@ class WindowActions(_Window):
         bar.addAction(self.export_action)
         self.addToolBar(bar)
         self.toolbar = bar
+
+    def _model_boxes(self) -> None:
+        """The model for the songs added next, and the two-stem switch."""
+        self.model_box = QComboBox()
+        for name in MODELS:
+            self.model_box.addItem(get_entry(name).title, name)
+        self.model_box.setCurrentIndex(max(0, self.model_box.findData(self.settings.model)))
+        self.model_box.setToolTip("Model for the songs you add next")
+        self.model_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
+        self.two_stems_box = QCheckBox("Vocals + instrumental only")
+        self.two_stems_box.setChecked(self.settings.two_stems)
+        self.two_stems_box.setFocusPolicy(Qt.FocusPolicy.NoFocus)
 
     def _build_menus(self) -> None:
         menus = self.menuBar()

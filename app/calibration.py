@@ -24,7 +24,8 @@ from PySide6.QtWidgets import (
 from engine.calibrate import GATES, Calibration, is_stale, latest_calibration
 
 if TYPE_CHECKING:
-    from app.models import ModelKey, SeparationService
+    from app.protocol import ModelKey
+    from app.service import SeparationService
     from engine.calibrate import CalibrationProgress
 
 COLUMNS = ("Backend", "Precision", "Units", "s / chunk", "Worst stem", "Result")

@@ -29,7 +29,7 @@ from app.settings import Settings, output_format
 from app.track import TrackAudio
 from engine.errors import Cancelled, DemixerError, OutputExistsError
 from engine.logfile import unexpected_message
-from engine.writers import MP3_RATES, OutputFormat, write_audio
+from engine.writers import OutputFormat, export_rate, write_audio
 
 
 @dataclass(frozen=True)
@@ -86,11 +86,11 @@ def keep_both(files: Sequence[ExportFile]) -> list[ExportFile]:
     return out
 
 
-def output_rate(track: TrackAudio, fmt: OutputFormat) -> tuple[int, int | None]:
-    """Export at the song's own rate and length, unless MP3 cannot hold that rate."""
-    if fmt.container == "mp3" and track.source_rate not in MP3_RATES:
-        return track.samplerate, track.frames
-    return track.source_rate, track.source_frames
+def output_rate(track: TrackAudio, fmt: OutputFormat) -> tuple[int, int]:
+    """Export at the song's own rate and length, lowered to a rate the format carries: the
+    engine's rule (`engine.writers.export_rate`), as `demixer separate` writes."""
+    return export_rate(fmt, (track.source_rate, track.source_frames),
+                       (track.samplerate, track.frames))
 
 
 def write_file(track: TrackAudio, file: ExportFile, fmt: OutputFormat,

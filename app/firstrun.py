@@ -19,8 +19,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.models import ModelKey, SeparationService
+from app.protocol import ModelKey
 from app.reveal import reveal
+from app.service import SeparationService
 from engine.backends import resolve_backend_kind
 from engine.catalogue import get_entry
 from engine.download import DownloadProgress

@@ -36,11 +36,12 @@ from app.export import ExportDialog, Exporter, ExportFile, keep_both
 from app.firstrun import ModelDialog
 from app.library import Damaged, Library, LibraryEntry, complete_newest_first
 from app.mixer import Mixer
-from app.models import ModelKey, SeparationService
 from app.peaks import PeakBuilder
 from app.preferences import PreferencesDialog
+from app.protocol import ModelKey
 from app.queue import QueueItem, SeparationQueue, State
 from app.reveal import reveal, reveal_title
+from app.service import SeparationService
 from app.settings import Settings
 from app.sidebar import LibraryView, QueueView
 from app.track import TrackAudio

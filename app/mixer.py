@@ -31,12 +31,15 @@ or int store (atomic in CPython):
   - `_Session.gains`: a new array assigned by the GUI, never mutated in place;
   - `transport`: 1.0 playing / 0.0 paused, written by the GUI.
 A song change swaps the whole `_Session` reference, so the callback sees one song or the other.
+Closing a song is deterministic: `release` swaps the session out, then takes the feeder's lock,
+which the feeder holds for each whole `fill_step` (reading the session inside it); once
+`release` has it, no read of the old track runs or can start, and the caller may close its
+files. (The callback never takes it: it reads only the ring.) The threads: docs/architecture.md.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -126,7 +129,8 @@ class Mixer:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
-        self._feeding: _Session | None = None  # the session a fill_step is reading now
+        # NB: held by the feeder around each fill_step, by `release` to wait for one to end
+        self._feed_lock = threading.Lock()
 
     # --- GUI side ---------------------------------------------------------------------
 
@@ -146,16 +150,14 @@ class Mixer:
         self._wake.set()
 
     def release(self, track: TrackAudio) -> None:
-        """Unload `track` if loaded, and return once the feeder no longer reads it, so the
-        caller may close its files."""
+        """Unload `track` if loaded, and return once the feeder cannot read it any more (a
+        read in progress has ended; the next one takes the new session), so the caller may
+        close its files."""
         s = self._session
         if s is not None and s.track is track:
             self.load(None)
-        for _ in range(500):
-            feeding = self._feeding
-            if feeding is None or feeding.track is not track:
-                return
-            time.sleep(0.001)
+        with self._feed_lock:  # NB: the acknowledgement: the feeder is between two steps
+            pass
 
     def play(self) -> None:
         self.transport = 1.0
@@ -225,12 +227,8 @@ class Mixer:
 
     def _feed_loop(self) -> None:
         while not self._stop.is_set():
-            self._feeding = self._session
-            try:
-                worked = self.fill_step(self._feeding)
-            except (OSError, ValueError, IndexError):  # the track was closed under us
-                worked = False
-            self._feeding = None
+            with self._feed_lock:  # NB: the session is read inside (see `release`)
+                worked = self.fill_step(self._session)
             if not worked:
                 self._wake.wait(0.01)
                 self._wake.clear()

@@ -12,6 +12,9 @@ frames built (`valid_frames` its prefix), and columns with nothing built come ou
 
 NB: threads. One builder thread adds; it fills bins outside `valid`, then publishes a new
 `valid` (an immutable `Intervals`, one reference store). Readers use only bins inside it.
+`PeakBuilder.stop` is deterministic: it takes the lock the builder holds around each step, so
+once it returns no read of the track runs or can start and the track may be closed. The
+threads: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from app.track import TrackAudio
+from engine.atomicio import write_atomic
 from engine.intervals import Intervals
 
 BASE_FRAMES = 64
@@ -141,10 +145,9 @@ def save_all(peaks: list[Peaks], path: Path) -> None:
         arrays[f"{i}_frames"] = np.array(p.frames)
         arrays[f"{i}_valid"] = np.array(p.valid_frames)
         arrays.update({f"{i}_level{k}": a for k, a in enumerate(p.levels)})
-    tmp = path.with_name(path.name + ".tmp.npz")
     arrays["lanes"] = np.array(len(peaks))
-    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub fears 'allow_pickle'
-    tmp.replace(path)
+    # numpy's stub fears 'allow_pickle' among the arrays' names
+    write_atomic(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
 
 
 def load_all(path: Path, lanes: int, frames: int) -> list[Peaks] | None:
@@ -172,6 +175,7 @@ class PeakBuilder:
         self.peaks = peaks or [Peaks(track.frames) for _ in track.lanes]
         self.on_complete = on_complete
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # NB: held around each step; `stop` takes it
         self._block = np.zeros((BUILD_BLOCK, track.channels), np.float32)
         self._scratch = np.zeros_like(self._block)
         self._thread: threading.Thread | None = None
@@ -187,9 +191,13 @@ class PeakBuilder:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop building; on return the builder reads the track no more (see module NB)."""
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(2.0)
+        if self._thread is None or self._thread is threading.current_thread():
+            return
+        with self._lock:  # a step in progress ends first; the next sees `_stop` and quits
+            pass
+        self._thread.join(2.0)  # only the pause or the saving of finished peaks remains
 
     def step(self) -> bool:
         """Add one block to each lane that has new final audio; whether any was added."""
@@ -217,11 +225,11 @@ class PeakBuilder:
         return None
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
+        while True:
+            with self._lock:
+                if self._stop.is_set():
+                    return
                 worked = self.step()
-            except (OSError, ValueError, IndexError):  # the track was closed under us
-                return
             if self.complete:
                 if self.on_complete is not None:
                     self.on_complete(self.peaks)

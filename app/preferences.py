@@ -29,7 +29,8 @@ from engine.backends import coreml_supported
 from engine.writers import MP3_BITRATES
 
 if TYPE_CHECKING:
-    from app.models import ModelKey, SeparationService
+    from app.protocol import ModelKey
+    from app.service import SeparationService
 
 BACKEND_TITLES = {"auto": "Automatic (the fastest that passes the quality here)",
                   "coreml": "Core ML", "torch": "PyTorch (CPU)"}
@@ -73,12 +74,21 @@ class PreferencesDialog(QDialog):
         super().__init__(parent)
         self.settings = settings
         self.setWindowTitle("Preferences")
+        self._separation_widgets(settings, service, model_key)
+        self._output_widgets(settings)
+        self.container.currentIndexChanged.connect(
+            lambda: update_depths(self.container, self.depth_box, self.bitrate))
+        update_depths(self.container, self.depth_box, self.bitrate)
+        self._build(self.choose)
+
+    def _separation_widgets(self, settings: Settings, service: SeparationService | None,
+                            model_key: ModelKey | None) -> None:
         self.quality = combo(QUALITY_TITLES, settings.quality)
         self.quality.setToolTip("How close to the reference (PyTorch fp32, equal to demucs) "
                                 "the stems must be; Automatic picks the fastest backend "
                                 "that is, as measured on this computer.")
         if model_key is None:
-            from app.models import ModelKey
+            from app.protocol import ModelKey
 
             model_key = ModelKey(settings.model, quality=settings.quality)
         self.calibration = CalibrationPanel(model_key, service)
@@ -98,9 +108,11 @@ class PreferencesDialog(QDialog):
             self.backend.model().item(self.backend.findData("coreml")).setEnabled(False)  # type: ignore[attr-defined]
             self.units.setEnabled(False)
             self.units.setToolTip("Compute units apply to Core ML, on macOS 13 or later.")
+
+    def _output_widgets(self, settings: Settings) -> None:
         self.folder = QLineEdit(str(settings.output_dir))
-        choose = QPushButton("Choose…")
-        choose.clicked.connect(self._choose_folder)
+        self.choose = QPushButton("Choose…")
+        self.choose.clicked.connect(self._choose_folder)
         self.container = combo(CONTAINER_TITLES, settings.container)
         self.depth_box = combo(DEPTH_TITLES, settings.sample_format)
         self.bitrate = combo({str(b): f"{b} kbit/s" for b in reversed(MP3_BITRATES)
@@ -113,10 +125,6 @@ class PreferencesDialog(QDialog):
             self.device.addItem(f"{settings.audio_device} (not connected)",
                                 settings.audio_device)
         self.device.setCurrentIndex(max(0, self.device.findData(settings.audio_device)))
-        self.container.currentIndexChanged.connect(
-            lambda: update_depths(self.container, self.depth_box, self.bitrate))
-        update_depths(self.container, self.depth_box, self.bitrate)
-        self._build(choose)
 
     def _build(self, choose: QPushButton) -> None:
         form = QFormLayout()

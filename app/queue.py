@@ -2,7 +2,7 @@
 
 Each `QueueItem` goes queued -> preparing (model) -> separating (decode, then chunks) ->
 done | failed (with the engine's sentence) | cancelled; failed and cancelled items can be
-retried. Jobs run in the worker process (`app.worker`, through `app.models.SeparationService`);
+retried. Jobs run in the worker process (`app.worker`, through `app.service.SeparationService`);
 their events come back as Qt signals on the GUI thread. The stems are written straight into
 the song's library folder (`app.library`), and kept there when the separation finishes.
 """
@@ -20,7 +20,8 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from app.library import Library, LibraryEntry, resumable_fraction
-from app.models import LiveProgress, ModelKey, SeparationService, needs_setup
+from app.protocol import ModelKey, StemsInfo
+from app.service import LiveProgress, SeparationService, needs_setup
 from app.track import TrackAudio, make_lanes
 from engine.decode import find_audio_files
 from engine.job import JobEvent
@@ -53,7 +54,7 @@ class QueueItem:
     message: str = ""
     entry: LibraryEntry | None = None
     live: LiveProgress | None = None  # the ready mark while separating
-    info: dict | None = None  # the stems' shape, once decoded (the worker's "track" message)
+    info: StemsInfo | None = None  # the stems' shape, once decoded (the worker's TrackNews)
     cancelling: bool = False
     started: float = 0.0  # time.monotonic() when its job started
     seconds: float = 0.0  # how long the separation took
@@ -123,7 +124,7 @@ class SeparationQueue(QObject):
         for item in items:
             self.items.append(item)
             self.added.emit(item)
-        self._pump()
+        self._start_next()
         return items
 
     def cancel(self, item: QueueItem) -> None:
@@ -132,7 +133,7 @@ class SeparationQueue(QObject):
         elif item.state == State.PREPARING:
             self._set(item, State.CANCELLED)
             self.current = None
-            self._pump()
+            self._start_next()
         elif item.state == State.SEPARATING and not item.cancelling:
             item.cancelling = True
             self.service.cancel_job(item.id)  # the job's "cancelled" event finishes the item
@@ -151,7 +152,7 @@ class SeparationQueue(QObject):
             item.eta_s, item.message, item.stage = None, "", ""
             item.cancelling, item.info, item.live = False, None, None
             self._set(item, State.QUEUED)
-            self._pump()
+            self._start_next()
 
     def add_interrupted(self, entries: Iterable[LibraryEntry]) -> list[QueueItem]:
         """List separations a quit or crash stopped (from `Library.tidy`), to resume."""
@@ -171,7 +172,7 @@ class SeparationQueue(QObject):
         """Continue an interrupted separation from its last checkpoint."""
         if item.state == State.INTERRUPTED:
             self._set(item, State.QUEUED)
-            self._pump()
+            self._start_next()
 
     def remove(self, item: QueueItem) -> None:
         """Take `item` off the queue; unfinished stems it kept for a resume go too."""
@@ -210,7 +211,7 @@ class SeparationQueue(QObject):
             item.message = message
         self.changed.emit(item)
 
-    def _pump(self) -> None:
+    def _start_next(self) -> None:
         if self.current is not None:
             return
         item = next((i for i in self.items if i.state == State.QUEUED), None)
@@ -218,7 +219,7 @@ class SeparationQueue(QObject):
             return
         self.current = item
         self._set(item, State.PREPARING, "Preparing model…")
-        if self.service.get(item.key):
+        if self.service.is_loaded(item.key):
             self._start_job(item)
         elif needs_setup(item.key.name):
             self._set(item, State.PREPARING, "Waiting for the model download…")
@@ -241,7 +242,7 @@ class SeparationQueue(QObject):
             if waiting.key == key and waiting.state in (State.QUEUED, State.PREPARING):
                 self._set(waiting, State.FAILED, reason)
         self.current = None
-        self._pump()
+        self._start_next()
 
     def _start_job(self, item: QueueItem) -> None:
         if item.resume and item.entry is not None:
@@ -282,15 +283,15 @@ class SeparationQueue(QObject):
     def _item(self, job_id: int) -> QueueItem | None:
         return next((i for i in self.items if i.id == job_id), None)
 
-    def _on_track_info(self, job_id: int, info: dict) -> None:
+    def _on_track_info(self, job_id: int, info: StemsInfo) -> None:
         item = self._item(job_id)
         if item is None or item.entry is None:
             return
         item.info = info
         entry = item.entry
-        entry.sources = list(info["sources"])
-        entry.frames, entry.samplerate = info["frames"], info["samplerate"]
-        entry.source_rate, entry.source_frames = info["source_rate"], info["source_frames"]
+        entry.sources = list(info.sources)
+        entry.frames, entry.samplerate = info.frames, info.samplerate
+        entry.source_rate, entry.source_frames = info.source_rate, info.source_frames
 
     def _on_service_event(self, job_id: int, event: JobEvent) -> None:
         item = self._item(job_id)
@@ -366,7 +367,7 @@ class SeparationQueue(QObject):
         self._set(item, state, message)
         if self.current is item:
             self.current = None
-        self._pump()
+        self._start_next()
 
     def track_for(self, item: QueueItem) -> TrackAudio | None:
         """A TrackAudio over `item`'s stems (growing if it still separates), or None."""
@@ -377,10 +378,10 @@ class SeparationQueue(QObject):
             return entry.open_track()
         if info is None or item.live is None:
             return None
-        stems = StemBuffers(entry.stems_dir, info["sources"], info["channels"], info["frames"],
-                            info["samplerate"], create=False)
+        stems = StemBuffers(entry.stems_dir, info.sources, info.channels, info.frames,
+                            info.samplerate, create=False)
         mix = StemBuffers.open(entry.mix_dir)
-        return TrackAudio(entry.title, stems, mix, make_lanes(info["sources"], item.two_stems),
+        return TrackAudio(entry.title, stems, mix, make_lanes(info.sources, item.two_stems),
                           progress=item.live, source_rate=entry.source_rate,
                           source_frames=entry.source_frames)
 

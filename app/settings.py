@@ -10,14 +10,11 @@ from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSettings
 
+from engine.options import COMPUTE_UNITS, CONTAINERS, MODELS, QUALITIES, SAMPLE_FORMATS
 from engine.writers import OutputFormat
 
-MODELS = ("htdemucs_6s", "htdemucs", "htdemucs_ft")
+# the option lists are the engine's (engine.options); Preferences offers these backends
 BACKENDS = ("auto", "torch", "coreml")
-QUALITIES = ("default", "exact", "fast")  # engine.calibrate's gates
-COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only")
-CONTAINERS = ("wav", "flac", "mp3")
-SAMPLE_FORMATS = ("int16", "int24", "float32")
 MAX_RECENT = 10
 
 

@@ -76,7 +76,8 @@ class TrackAudio:
     is whatever raises `ready_frames` (and grows `final`) while the song separates, or None
     when the stems are complete.
     NB: threads. `ready_frames` is a plain int read and `final` one reference read (an
-    immutable `Intervals`); the stems inside them are never rewritten.
+    immutable `Intervals`); the stems inside them are never rewritten (the whole argument:
+    docs/architecture.md, "The ready mark").
     """
 
     def __init__(self, title: str, stems: StemBuffers, mix: StemBuffers, lanes: list[Lane],

@@ -9,20 +9,13 @@ wait for it. The stems still stream: the child writes them into the library fold
 (`engine.stembuffers` files, positional writes into the shared page cache) and reports each
 new ready mark; the GUI process reads only below that mark, with its own file descriptors.
 
-Protocol over one duplex `multiprocessing` pipe (messages are tuples of picklable values):
-  parent -> child: ("prepare", key)
-                   | ("separate", job_id, path, key, stems_dir, mix_dir, resume)
-                   | ("calibrate", key) | ("cancel", job_id) | ("quit",)  (both keep the
-                                                                            finished chunks)
-                   | ("focus", job_id, frame)  the listener sought to `frame`: separate
-                                               around it first (`SeparationJob.focus`)
-  child -> parent: ("model", kind, key, payload)   progress|convert|calibrate|loaded|failed|
-                                                   cancelled|calibrated|calibration-failed
-                   ("track", job_id, info)         stems exist: frames, rates, sources
-                   ("event", job_id, JobEvent)     the job's events, as engine.job sends them
-A model download, conversion or calibration is cancelled through a shared Event (the child is
-busy inside it then). Calibration (`engine.calibrate`) runs here, never in the GUI process:
-it runs the network a dozen times and more.
+The messages (frozen dataclasses over one duplex `multiprocessing` pipe) are in
+`app.protocol`. A model download, conversion or calibration is cancelled through a shared
+Event (the child is busy inside it then). Calibration (`engine.calibrate`) runs here, never
+in the GUI process: it runs the network a dozen times and more. The child never loads Qt
+(tests/app/test_worker.py checks it). Its threads (main, job, post) and what each owns:
+docs/architecture.md. A `Focus` during a job moves its separator to the listener's playhead
+(`SeparationJob.focus`); one that comes between jobs is dropped.
 """
 
 from __future__ import annotations
@@ -33,10 +26,31 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
-Message = tuple[Any, ...]
+from app.protocol import (
+    Calibrate,
+    Cancel,
+    Focus,
+    JobNews,
+    ModelKey,
+    ModelNews,
+    News,
+    Prepare,
+    Quit,
+    Request,
+    Separate,
+    StemsInfo,
+    TrackNews,
+    WorkerDied,
+)
+
+if TYPE_CHECKING:
+    from engine.job import JobEvent, SeparationJob
+    from engine.separator import Separator
+
 POLL_S = 0.05
 WORKER_NICE = 10
 
@@ -50,16 +64,16 @@ def separation_threads() -> int:
 
 
 class _Child:
-    def __init__(self, conn: Connection, cancel_model: Any) -> None:
+    def __init__(self, conn: Connection, cancel_model: ProcessEvent) -> None:
         self.conn = conn
         self.cancel_model = cancel_model
         self.send_lock = threading.Lock()
-        self.cached: tuple[Any, Any] | None = None  # (ModelKey, Separator)
-        self.pending: list[Message] = []
+        self.cached: tuple[ModelKey, Separator] | None = None
+        self.pending: list[Request] = []
         self.quitting = False
         self.parent_gone = False  # the app died (a crash, kill -9): nobody reads any more
 
-    def send(self, message: Message) -> None:
+    def send(self, message: News) -> None:
         with self.send_lock:  # NB: the job thread and the main thread both send
             if self.parent_gone:
                 return
@@ -71,18 +85,19 @@ class _Child:
     def run(self) -> None:
         while not self.quitting:
             message = self.pending.pop(0) if self.pending else self.conn.recv()
-            if message[0] == "prepare":
-                self.prepare(message[1])
-            elif message[0] == "separate":
-                self.separate(*message[1:])
-            elif message[0] == "calibrate":
-                self.calibrate(message[1])
-            elif message[0] == "quit":
+            if isinstance(message, Prepare):
+                self.prepare(message.key)
+            elif isinstance(message, Separate):
+                self.separate(message.job_id, message.path, message.key, message.stems_dir,
+                              message.mix_dir, message.resume)
+            elif isinstance(message, Calibrate):
+                self.calibrate(message.key)
+            elif isinstance(message, Quit):
                 self.quitting = True
 
-    def separator(self, key: Any, report: bool) -> Any:
+    def separator(self, key: ModelKey, report: bool) -> Separator:
         """The separator for `key`, loaded (and downloaded) if it is not the cached one."""
-        from app.models import build
+        from app.protocol import build  # looked up now: tests replace it
 
         if self.cached is not None and self.cached[0] == key:
             return self.cached[1]
@@ -90,58 +105,59 @@ class _Child:
 
         def progress(p: Any) -> None:
             if report:
-                self.send(("model", "progress", key, p))
+                self.send(ModelNews("progress", key, p))
 
         self.cancel_model.clear()
-        separator = build(key, progress, _EventAdapter(self.cancel_model),
-                          self._reporter("convert", key), self._reporter("calibrate", key))
+        separator = build(key, progress, self.cancel_model, self._reporter("convert", key),
+                          self._reporter("calibrate", key))
         self.cached = (key, separator)
         return separator
 
-    def _reporter(self, kind: str, key: Any) -> Callable[[Any], None]:
+    def _reporter(self, kind: Literal["convert", "calibrate"], key: ModelKey
+                  ) -> Callable[[Any], None]:
         """Progress of a first run's conversion or calibration: always worth showing."""
-        return lambda p: self.send(("model", kind, key, p))
+        return lambda p: self.send(ModelNews(kind, key, p))
 
-    def calibrate(self, key: Any) -> None:
+    def calibrate(self, key: ModelKey) -> None:
         """Calibrate `key`'s model afresh (Preferences asked); the next job uses the result."""
         from engine.calibrate import calibrate
         from engine.errors import Cancelled, DemixerError
         from engine.store import load_model, resolve_model
 
         self.cancel_model.clear()
-        cancel = _EventAdapter(self.cancel_model)
+        cancel = self.cancel_model
         try:
-            resolved = resolve_model(key.name, cancel=cancel)  # type: ignore[arg-type]
-            result = calibrate(load_model(resolved), resolved, cancel=cancel,  # type: ignore[arg-type]
+            resolved = resolve_model(key.name, cancel=cancel)
+            result = calibrate(load_model(resolved), resolved, cancel=cancel,
                                progress=self._reporter("calibrate", key),
                                convert_progress=self._reporter("convert", key))
         except Cancelled:
-            self.send(("model", "calibration-failed", key, ""))
+            self.send(ModelNews("calibration-failed", key, ""))
         except (DemixerError, OSError, RuntimeError, MemoryError) as err:
-            self.send(("model", "calibration-failed", key, str(err)))
+            self.send(ModelNews("calibration-failed", key, str(err)))
         else:
             self.cached = None  # built on the old choice
-            self.send(("model", "calibrated", key, result))
+            self.send(ModelNews("calibrated", key, result))
 
-    def prepare(self, key: Any) -> None:
+    def prepare(self, key: ModelKey) -> None:
         from engine.errors import Cancelled, DemixerError
 
         try:
             self.separator(key, report=True)
         except Cancelled:
-            self.send(("model", "cancelled", key, None))
+            self.send(ModelNews("cancelled", key))
         except DemixerError as err:
-            self.send(("model", "failed", key, str(err)))
+            self.send(ModelNews("failed", key, str(err)))
         except (OSError, RuntimeError, MemoryError) as err:  # torch or the disk
-            self.send(("model", "failed", key, f"Model {key.name} cannot be loaded ({err})."))
+            self.send(ModelNews("failed", key, f"Model {key.name} cannot be loaded ({err})."))
         except Exception as err:  # a bug or a library's surprise: logged, one line
             from engine.logfile import unexpected_message
 
-            self.send(("model", "failed", key, unexpected_message(f"Model {key.name}", err)))
+            self.send(ModelNews("failed", key, unexpected_message(f"Model {key.name}", err)))
         else:
-            self.send(("model", "loaded", key, None))
+            self.send(ModelNews("loaded", key))
 
-    def separate(self, job_id: int, path: str, key: Any, stems_dir: str, mix_dir: str,
+    def separate(self, job_id: int, path: str, key: ModelKey, stems_dir: str, mix_dir: str,
                  resume: bool = False) -> None:
         from engine.errors import DemixerError
         from engine.job import JobEvent, SeparationJob
@@ -149,21 +165,20 @@ class _Child:
         try:
             separator = self.separator(key, report=False)
         except (DemixerError, OSError, RuntimeError, MemoryError) as err:
-            self.send(("event", job_id, JobEvent("failed", message=str(err))))
+            self.send(JobNews(job_id, JobEvent("failed", message=str(err))))
             return
         except Exception as err:  # a bug or a library's surprise: logged, one line
             from engine.logfile import unexpected_message
 
             message = unexpected_message(f"Model {key.name}", err)
-            self.send(("event", job_id, JobEvent("failed", message=message)))
+            self.send(JobNews(job_id, JobEvent("failed", message=message)))
             return
         # the stems go straight into the library folder, checkpointed: a quit, crash or
         # cancel leaves them resumable; `resume` continues such a checkpoint (engine.job)
         job = SeparationJob(Path(path), separator, stems_dir=Path(stems_dir), resume=resume)
-        job.job_id = job_id  # type: ignore[attr-defined]
         ended: list[str] = []
 
-        def on_event(event: Any) -> None:
+        def on_event(event: JobEvent) -> None:
             if event.kind in ("done", "failed", "cancelled"):
                 ended.append(event.kind)
             self.on_event(job, job_id, key.name, Path(mix_dir), event)
@@ -171,55 +186,57 @@ class _Child:
         job.on_event = on_event
         try:
             with WorkerLock(Path(stems_dir).parent):
-                self.run_job(job)
+                self.run_job(job, job_id)
         except BlockingIOError:
             ended.append("failed")
-            self.send(("event", job_id, JobEvent("failed", message=(
+            self.send(JobNews(job_id, JobEvent("failed", message=(
                 f"{Path(path).name}: its library folder is still in use by a Demixer that "
                 "is stopping; try again in a moment."))))
         if not ended:  # the job died of an error it does not name: never leave it running
             why = f"{Path(path).name}: the separation stopped on an unexpected error."
-            self.send(("event", job_id, JobEvent("failed", message=why)))
+            self.send(JobNews(job_id, JobEvent("failed", message=why)))
 
-    def run_job(self, job: Any) -> None:
+    def run_job(self, job: SeparationJob, job_id: int) -> None:
         """Run `job`, serving messages meanwhile. If the app goes away (a crash, kill -9:
         the pipe ends), cancel it, which keeps its finished chunks for the next start."""
         thread = job.start()
         try:
             while thread.is_alive():
                 if self.conn.poll(POLL_S):
-                    self.during_job(self.conn.recv(), job)
+                    self.during_job(self.conn.recv(), job, job_id)
         except (EOFError, OSError):
             self.parent_gone = self.quitting = True
             job.cancel()
         job.finished.wait()
 
-    def during_job(self, message: Message, job: Any) -> None:
-        if message[0] == "cancel":
-            if message[1] == job.job_id:
+    def during_job(self, message: Request, job: SeparationJob, job_id: int) -> None:
+        if isinstance(message, Cancel):
+            if message.job_id == job_id:
                 job.cancel()
-        elif message[0] == "focus":
-            if message[1] == job.job_id:
-                job.focus(message[2])
-        elif message[0] == "quit":
+        elif isinstance(message, Focus):
+            if message.job_id == job_id:
+                job.focus(message.frame)
+        elif isinstance(message, Quit):
             job.cancel()
             self.quitting = True
         else:
             self.pending.append(message)
 
-    def on_event(self, job: Any, job_id: int, model: str, mix_dir: Path, event: Any) -> None:
+    def on_event(self, job: SeparationJob, job_id: int, model: str, mix_dir: Path,
+                 event: JobEvent) -> None:
         """On the job's thread: keep the original mix once decoded, then report."""
         if event.kind == "stage" and event.stage == "separating":
-            self.send(("track", job_id, keep_mix(job, model, mix_dir)))
-        self.send(("event", job_id, event))
+            self.send(TrackNews(job_id, keep_mix(job, model, mix_dir)))
+        self.send(JobNews(job_id, event))
 
 
-def keep_mix(job: Any, model: str, mix_dir: Path) -> dict[str, Any]:
+def keep_mix(job: SeparationJob, model: str, mix_dir: Path) -> StemsInfo:
     """Copy the decoded original into `mix_dir`; what the GUI needs to open the stems."""
     from app.library import copy_mix
     from engine.errors import DemixerError
 
-    track = job.track
+    track, stems = job.track, job.stems
+    assert track is not None and stems is not None  # "separating" comes after decoding
     about = dict(source=str(job.path), model=model, source_rate=track.source_rate,
                  source_frames=track.source_frames)
     try:
@@ -227,9 +244,9 @@ def keep_mix(job: Any, model: str, mix_dir: Path) -> dict[str, Any]:
     except OSError as err:  # raised into the job: it fails with this sentence
         raise DemixerError(f"Cannot keep the original mix of {job.path.name} in {mix_dir} "
                            f"({err.strerror or err}).") from None
-    return dict(frames=int(track.audio.shape[-1]), samplerate=track.samplerate,
-                source_rate=track.source_rate, source_frames=track.source_frames,
-                sources=list(job.stems.sources), channels=job.stems.channels)
+    return StemsInfo(frames=int(track.audio.shape[-1]), samplerate=track.samplerate,
+                     source_rate=track.source_rate, source_frames=track.source_frames,
+                     sources=tuple(stems.sources), channels=stems.channels)
 
 
 class WorkerLock:
@@ -262,23 +279,7 @@ class WorkerLock:
         self.lock.release()
 
 
-class _EventAdapter:
-    """A multiprocessing Event where the engine expects a threading.Event (is_set/wait)."""
-
-    def __init__(self, event: Any) -> None:
-        self.event = event
-
-    def is_set(self) -> bool:
-        return bool(self.event.is_set())
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return bool(self.event.wait(timeout))
-
-    def set(self) -> None:
-        self.event.set()
-
-
-def serve(conn: Connection, cancel_model: Any) -> None:
+def serve(conn: Connection, cancel_model: ProcessEvent) -> None:
     """The child's main: serve requests until "quit" or the parent goes away."""
     import torch
 
@@ -299,9 +300,10 @@ def serve(conn: Connection, cancel_model: Any) -> None:
 class WorkerClient:
     """The GUI side: starts the child on demand and hands its messages to `on_message`,
     called on a reader thread (the Qt layer turns them into queued signals). If the child
-    dies, `on_message(("died", exitcode))` is called and the next request starts a new one."""
+    dies, `on_message(WorkerDied(exitcode))` is called and the next request starts a new
+    one."""
 
-    def __init__(self, on_message: Callable[[Message], None]) -> None:
+    def __init__(self, on_message: Callable[[News], None]) -> None:
         self.on_message = on_message
         self._ctx = multiprocessing.get_context("spawn")
         self.cancel_model = self._ctx.Event()
@@ -327,13 +329,13 @@ class WorkerClient:
                                         name="demixer-worker-reader", daemon=True)
         self._reader.start()
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Request) -> None:
         self.start()
         assert self.conn is not None
         try:
             self.conn.send(message)
         except OSError:  # the child died between start() and here
-            self.on_message(("died", self.process.exitcode))
+            self.on_message(WorkerDied(self.process.exitcode))
 
     def _read(self, conn: Connection, process: Any) -> None:
         while True:
@@ -342,7 +344,7 @@ class WorkerClient:
             except (EOFError, OSError):
                 process.join(1.0)
                 if not self._closing:
-                    self.on_message(("died", process.exitcode))
+                    self.on_message(WorkerDied(process.exitcode))
                 return
             self.on_message(message)
 
@@ -354,7 +356,7 @@ class WorkerClient:
         self.cancel_model.set()
         try:
             if self.conn is not None:
-                self.conn.send(("quit",))
+                self.conn.send(Quit())
         except OSError:
             pass
         self.process.join(timeout)

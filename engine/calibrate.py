@@ -24,7 +24,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -38,8 +37,9 @@ from engine import __version__
 from engine.atomicio import write_text_atomic
 from engine.backends import Backend
 from engine.candidates import Candidate, library_versions, machine_candidates, machine_identity
-from engine.errors import Cancelled, DemixerError
+from engine.errors import CancelFlag, Cancelled, DemixerError, check_cancel
 from engine.excerpt import excerpt
+from engine.options import QUALITIES, QUALITY_GATES
 from engine.separator import SeparationOptions, Separator
 from engine.shapes import CoreShapes
 from engine.store import data_dir, data_subdir
@@ -47,8 +47,7 @@ from engine.store import data_dir, data_subdir
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
-QUALITIES = ("default", "exact", "fast")
-GATES = {"exact": 70.0, "default": 60.0, "fast": 40.0}  # worst-stem SNR, dB
+GATES = QUALITY_GATES  # worst-stem SNR, dB
 CALIBRATION_VERSION = 1  # bump when the measurement changes: it is part of the cache key
 TIMED_CALLS = 2
 CRASHED = ("stopped Demixer during an earlier calibration (a crash in its runtime); "
@@ -245,7 +244,7 @@ class _Bench:
     """The fixed chunk, the separator path that runs it, and progress accounting."""
 
     def __init__(self, bag: Any, steps: int, progress: ProgressFn | None,
-                 cancel: threading.Event | None) -> None:
+                 cancel: CancelFlag | None) -> None:
         first = bag.models[0]
         self.shapes = _shapes_of(first)
         self.sep = Separator([[1.0] * len(self.shapes.sources)], [_NoBackend(self.shapes)],
@@ -264,8 +263,7 @@ class _Bench:
                                               measurement))
 
     def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled()
+        check_cancel(self.cancel)
 
     def run(self, backend: Backend) -> np.ndarray:
         return self.sep.first_chunk(_Checked(backend, self.shapes),  # type: ignore[arg-type]
@@ -345,7 +343,7 @@ def _summary(m: Measurement) -> str:
 def measure(bag: Any, resolved: ResolvedModel, candidates: Sequence[Candidate], *,
             progress: ProgressFn | None = None,
             convert_progress: Callable[[Any], None] | None = None,
-            cancel: threading.Event | None = None,
+            cancel: CancelFlag | None = None,
             skip: dict[tuple[str, str, str], str] | None = None,
             journal: Callable[[Candidate | None], None] = lambda c: None
             ) -> list[Measurement]:
@@ -473,7 +471,7 @@ def _journal_for(resolved: ResolvedModel) -> Callable[[Candidate | None], None]:
 def calibrate(bag: Any, resolved: ResolvedModel, candidates: Sequence[Candidate] | None = None,
               *, include_all: bool = False, progress: ProgressFn | None = None,
               convert_progress: Callable[[Any], None] | None = None,
-              cancel: threading.Event | None = None, retry_crashed: bool = True
+              cancel: CancelFlag | None = None, retry_crashed: bool = True
               ) -> Calibration:
     """Measure `candidates` (default: this machine's, `include_all` adding the skipped ones)
     afresh, store the result and return it. `retry_crashed` False rejects, without running
@@ -503,7 +501,7 @@ def calibration_for(bag: Any, resolved: ResolvedModel,
                     candidates: Sequence[Candidate] | None = None, *,
                     progress: ProgressFn | None = None,
                     convert_progress: Callable[[Any], None] | None = None,
-                    cancel: threading.Event | None = None) -> tuple[Calibration, bool]:
+                    cancel: CancelFlag | None = None) -> tuple[Calibration, bool]:
     """(the calibration of `resolved` on this machine, whether it came from the cache):
     the stored one if nothing it depends on changed, else a fresh one (then stored)."""
     chosen = list(candidates) if candidates is not None else machine_candidates()

@@ -26,19 +26,19 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from engine.backends import Backend, TorchBackend, coreml_supported
+from engine.errors import CancelFlag
 
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
 # build(bag, resolved, convert_progress, cancel) -> one backend per bag member
 BuildFn = Callable[[Any, "ResolvedModel", Callable[[Any], None] | None,
-                    threading.Event | None], list[Backend]]
+                    CancelFlag | None], list[Backend]]
 LIBRARIES = ("torch", "coremltools", "mlx", "openvino", "onnxruntime")
 REFERENCE = ("torch", "fp32", "cpu")
 

@@ -32,7 +32,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from engine.errors import AudioDecodeError, Cancelled
+from engine.errors import AudioDecodeError, CancelFlag, check_cancel
 from engine.resample import StreamResampler, resampled_length
 
 log = logging.getLogger(__name__)
@@ -484,14 +484,13 @@ class _StereoSink:
 
 # ---------------------------------------------------------------- decode ------------------
 
-def _pump(source: _Source, sink: _StereoSink, samplerate: int, path: Path,
-          cancel: threading.Event | None, progress: Callable[[float], None] | None) -> int:
+def _decode_blocks(source: _Source, sink: _StereoSink, samplerate: int, path: Path,
+                   cancel: CancelFlag | None, progress: Callable[[float], None] | None) -> int:
     """Source blocks -> stereo -> resampled -> sink. Returns the source frames decoded."""
     resampler = StreamResampler(source.rate, samplerate, 2)
     done = 0
     for block in source.blocks:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled(f"decoding {path} was cancelled")
+        check_cancel(cancel, f"decoding {path} was cancelled")
         if not np.isfinite(block).all():
             raise _fail(path, "contains NaN or infinite samples")
         sink.write(resampler.process(to_stereo(block)))
@@ -503,12 +502,12 @@ def _pump(source: _Source, sink: _StereoSink, samplerate: int, path: Path,
 
 
 def _decode_with(open_source: Callable[[Path], AbstractContextManager[_Source]], path: Path,
-                 samplerate: int, workdir: Path, cancel: threading.Event | None,
+                 samplerate: int, workdir: Path, cancel: CancelFlag | None,
                  progress: Callable[[float], None] | None) -> DecodedTrack:
     with open_source(path) as source:
         sink = _StereoSink(workdir)
         try:
-            frames = _pump(source, sink, samplerate, path, cancel, progress)
+            frames = _decode_blocks(source, sink, samplerate, path, cancel, progress)
             _check_complete(path, frames, source)
             target = resampled_length(frames, source.rate, samplerate)
             if target == 0:
@@ -531,7 +530,7 @@ def _check_complete(path: Path, frames: int, source: _Source) -> None:
                       f"but only {frames / source.rate:.1f} s of audio could be decoded")
 
 
-def decode(path: Path, samplerate: int, workdir: Path, *, cancel: threading.Event | None = None,
+def decode(path: Path, samplerate: int, workdir: Path, *, cancel: CancelFlag | None = None,
            progress: Callable[[float], None] | None = None) -> DecodedTrack:
     """Decode `path` to a stereo float32 (2, N) memmap at `samplerate` Hz in `workdir`.
 

@@ -37,7 +37,7 @@ from typing import BinaryIO
 
 import certifi
 
-from engine.errors import Cancelled, ChecksumError, ModelUnavailableError
+from engine.errors import CancelFlag, Cancelled, ChecksumError, ModelUnavailableError, check_cancel
 
 BLOCK_BYTES = 256 * 1024  # at most this much per read (a read returns what has arrived)
 RETRY_DELAY_S = 0.5  # grows linearly per attempt that made no progress; tests set it to 0
@@ -192,7 +192,7 @@ class _Job:
     name: str
     size: int | None
     progress: ProgressCallback | None
-    cancel: threading.Event | None
+    cancel: CancelFlag | None
     timeout: float
 
 
@@ -201,11 +201,6 @@ def _part_size(part: Path) -> int:
         return part.stat().st_size
     except FileNotFoundError:
         return 0
-
-
-def _check_cancel(job: _Job) -> None:
-    if job.cancel is not None and job.cancel.is_set():
-        raise Cancelled(f"Download of {job.name} cancelled.")
 
 
 class _Watchdog:
@@ -268,7 +263,7 @@ def _copy(response: http.client.HTTPResponse, out_path: Path, start: int,
     watchdog = _Watchdog(response, job, start)
     try:
         with out:
-            return _pump(response, out, start, total, job, watchdog)
+            return _read_body(response, out, start, total, job, watchdog)
     except (OSError, http.client.HTTPException, ValueError):
         if watchdog.reason is None:
             raise
@@ -281,11 +276,12 @@ def _copy(response: http.client.HTTPResponse, out_path: Path, start: int,
             raise _Stalled(watchdog.reason)
 
 
-def _pump(response: http.client.HTTPResponse, out: BinaryIO, start: int, total: int | None,
-          job: _Job, watchdog: _Watchdog) -> int:
+def _read_body(response: http.client.HTTPResponse, out: BinaryIO, start: int,
+               total: int | None, job: _Job, watchdog: _Watchdog) -> int:
     done, fresh, began = start, 0, time.monotonic()
     while True:
-        _check_cancel(job)  # NB: the .part stays on disk for a later resume
+        # NB: a cancel leaves the .part on disk for a later resume
+        check_cancel(job.cancel, f"Download of {job.name} cancelled.")
         want = BLOCK_BYTES if job.size is None else min(BLOCK_BYTES, job.size + 1 - done)
         block = response.read1(max(want, 1))  # what has arrived, without waiting for more
         if not block:
@@ -358,7 +354,7 @@ def _fetch(job: _Job, attempts: int) -> None:
     """Transfer until the `.part` holds the whole file; `_Fatal` with the last reason if not."""
     reason = "no attempt made"
     for attempt in range(1, max(1, attempts) + 1):
-        _check_cancel(job)
+        check_cancel(job.cancel, f"Download of {job.name} cancelled.")
         before = _part_size(job.part)
         if job.size is not None and before >= job.size:
             if before == job.size:
@@ -420,7 +416,7 @@ def _check_scheme(url: str, label: str, dest: Path) -> None:
 
 def download_file(url: str, dest: Path, *, sha256: str | None, sha256_prefix: str | None = None,
                   size: int | None = None, progress: ProgressCallback | None = None,
-                  cancel: threading.Event | None = None, timeout: float = 30.0,
+                  cancel: CancelFlag | None = None, timeout: float = 30.0,
                   attempts: int = 3, label: str = "checkpoint") -> Path:
     """Download `url` to `dest`, verified; return `dest`.
 

@@ -6,6 +6,8 @@ the GUI show it as is, never a traceback.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 
 class DemixerError(Exception):
     """A failure with a message fit to show to the user."""
@@ -32,4 +34,20 @@ class UsageError(DemixerError):
 
 
 class Cancelled(Exception):
-    """A job was cancelled through its `threading.Event`; not an error for the user."""
+    """A job was cancelled through its `CancelFlag`; not an error for the user."""
+
+
+class CancelFlag(Protocol):
+    """What cancellable work polls: a `threading.Event`, or a `multiprocessing` one (the app's
+    worker process is cancelled from the GUI's)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def check_cancel(cancel: CancelFlag | None, message: str = "") -> None:
+    """The one cancel check (between chunks, blocks, stages): raise `Cancelled(message)` if
+    `cancel` is set."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled(message) if message else Cancelled()

@@ -25,7 +25,7 @@ import numpy as np
 
 from engine.backends import Backend
 from engine.candidates import Candidate
-from engine.errors import Cancelled, DemixerError
+from engine.errors import CancelFlag, Cancelled, DemixerError
 from engine.shapes import CoreShapes
 
 BuildOne = Callable[[Candidate], list[Backend]]  # one backend per bag member
@@ -143,7 +143,7 @@ class FallbackBackend:
 
 def fallback_backends(candidates: Sequence[Candidate], bag: Any, resolved: Any,
                       progress: Callable[[Any], None] | None = None,
-                      cancel: threading.Event | None = None) -> list[FallbackBackend]:
+                      cancel: CancelFlag | None = None) -> list[FallbackBackend]:
     """One `FallbackBackend` per member of `bag`, over `candidates` (fastest first)."""
     handover = Handover(candidates, lambda c: c.build(bag, resolved, progress, cancel))
     return [FallbackBackend(handover, m) for m in range(len(bag.models))]

@@ -38,10 +38,9 @@ from engine.errors import Cancelled, DemixerError
 from engine.logfile import unexpected_message
 from engine.outputs import OutputPlan, check_outputs, write_outputs
 from engine.partial import FolderLock, digest, inspect, new_workdir, source_identity
-from engine.resample import resampled_length
 from engine.separator import Focus, Progress, Separator
 from engine.stembuffers import INDEX, StemBuffers, read_index
-from engine.writers import io_reason
+from engine.writers import export_rate, io_reason
 
 RECORD_VERSION = 1
 
@@ -240,10 +239,8 @@ class SeparationJob:
         """Stems go out at the input's rate and exact length unless the plan keeps 44.1 kHz."""
         assert self.track is not None and self.plan is not None
         t = self.track
-        rate, frames = (t.samplerate, t.audio.shape[-1]) if self.plan.keep_model_rate else (
-            t.source_rate, t.source_frames)
-        out_rate = self.plan.fmt.rate_for(rate)  # MP3 cannot carry e.g. 96 kHz
-        return out_rate, resampled_length(frames, rate, out_rate)
+        return export_rate(self.plan.fmt, (t.source_rate, t.source_frames),
+                           (t.samplerate, t.audio.shape[-1]), self.plan.keep_model_rate)
 
     def _on_progress(self, p: Progress) -> None:
         self.on_event(JobEvent("progress", stage="separating", fraction=p.fraction,

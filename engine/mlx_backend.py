@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.core import CoreShapes
-from engine.errors import Cancelled, DemixerError
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.mlx_spec import CoreSpec
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ def _progress_event(progress: Callable[[Any], None] | None, index: int, count: i
 
 def mlx_backends_for(bag: Any, resolved: ResolvedModel, *, precision: str = "fp32",
                      progress: Callable[[Any], None] | None = None,
-                     cancel: threading.Event | None = None) -> list[MLXBackend]:
+                     cancel: CancelFlag | None = None) -> list[MLXBackend]:
     """One `MLXBackend` per member of the model `resolved` (a bag has several).
 
     `bag` is the loaded demucs `BagOfModels` if the caller has it; None loads the checkpoints
@@ -185,8 +185,7 @@ def mlx_backends_for(bag: Any, resolved: ResolvedModel, *, precision: str = "fp3
     count = len(resolved.sha256)
     backends = []
     for index, sha in enumerate(resolved.sha256):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled()
+        check_cancel(cancel)
         message = f"model {index + 1}/{count}: converting {resolved.name} for MLX"
         on_convert = functools.partial(_progress_event, progress, index, count, message)
         cached = ensure_core(sha, functools.partial(member, index), on_convert=on_convert)

@@ -29,7 +29,6 @@ import os
 import secrets
 import shutil
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,9 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine import __version__
 from engine.atomicio import fsync_path, write_text_atomic
-from engine.coreml.convert import check_cancel
 from engine.download import file_sha256
-from engine.errors import DemixerError
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.onnx_export import (
     EXPORT_VERSION,
     META_PREFIX,
@@ -218,7 +216,7 @@ def _try_lock(fd: int) -> bool:
 
 
 @contextmanager
-def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: threading.Event | None = None,
+def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: CancelFlag | None = None,
                on_wait: Callable[[], None] | None = None,
                timeout: float | None = None) -> Iterator[bool]:
     """Hold the lock file `lock_path`; yields False if not `blocking` and another process
@@ -293,7 +291,7 @@ def _publish(tmp: Path, entry: Path, key: OnnxKey) -> bool:
 
 def _export_entry(key: OnnxKey, load: Callable[[], nn.Module], root: Path,
                   progress: ProgressCallback | None,
-                  cancel: threading.Event | None) -> CachedOnnx:
+                  cancel: CancelFlag | None) -> CachedOnnx:
     """Export into a temp dir and publish it (call with the entry's lock held)."""
     entry = root / key.entry_name
     tmp = root / f".tmp-{key.entry_name}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -316,7 +314,7 @@ def _export_entry(key: OnnxKey, load: Callable[[], nn.Module], root: Path,
 
 
 def ensure_onnx(key: OnnxKey, load: Callable[[], nn.Module], *, root: Path | None = None,
-                progress: ProgressCallback | None = None, cancel: threading.Event | None = None,
+                progress: ProgressCallback | None = None, cancel: CancelFlag | None = None,
                 lock_timeout: float | None = None) -> CachedOnnx:
     """The export for `key`: from the cache (`hit=True`) or exported now.
 
@@ -363,7 +361,7 @@ def _member_progress(progress: ProgressCallback | None, index: int,
 def ensure_model_onnx(resolved: ResolvedModel, *, opset: int = OPSET, batch: int = 1,
                       bag: Any = None, root: Path | None = None,
                       progress: ProgressCallback | None = None,
-                      cancel: threading.Event | None = None) -> list[CachedOnnx]:
+                      cancel: CancelFlag | None = None) -> list[CachedOnnx]:
     """One export per checkpoint of `resolved` (a bag has several), exporting the missing
     ones. `bag` is the loaded `BagOfModels` if the caller has it; otherwise the checkpoints
     are loaded (once, with torch) only if something must be exported."""

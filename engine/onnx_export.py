@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import math
-import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -44,8 +43,8 @@ import numpy as np
 
 from engine import __version__
 from engine.atomicio import write_bytes_atomic
-from engine.coreml.convert import ConvertProgress, check_cancel
-from engine.errors import DemixerError
+from engine.coreml.convert import ConvertProgress
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.shapes import CoreShapes
 
 if TYPE_CHECKING:
@@ -256,7 +255,7 @@ def export_bytes(model: nn.Module, batch: int = 1, opset: int = OPSET) -> tuple[
 
 def export_core(model: nn.Module, out: Path, *, name: str, checkpoint_sha256: str,
                 opset: int = OPSET, batch: int = 1, progress: ProgressCallback | None = None,
-                cancel: threading.Event | None = None) -> ExportResult:
+                cancel: CancelFlag | None = None) -> ExportResult:
     """Export the core of `model` (an HTDemucs) to `out`, atomically (see module docstring).
 
     Emits export and save events; checks `cancel` between them (raises `Cancelled`). `out`

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.backends import predict_in_groups
-from engine.errors import DemixerError
+from engine.errors import CancelFlag, DemixerError
 from engine.onnx_export import (
     INPUT_NAMES,
     OPSET,
@@ -163,7 +163,7 @@ class ONNXRuntimeBackend:
 
 def onnxruntime_backends_for(bag: Any, resolved: ResolvedModel, *, precision: str = "fp32",
                              provider: str = "cpu", progress: ProgressCallback | None = None,
-                             cancel: threading.Event | None = None, threads: int | None = None,
+                             cancel: CancelFlag | None = None, threads: int | None = None,
                              batch: int = 1, opset: int = OPSET) -> list[ONNXRuntimeBackend]:
     """One backend per member of the model `resolved`, exporting on first use.
 

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.backends import predict_in_groups
-from engine.errors import DemixerError
+from engine.errors import CancelFlag, DemixerError
 from engine.onnx_export import (
     INPUT_NAMES,
     OPSET,
@@ -175,7 +175,7 @@ def _compile_all(exports: list[Any], precision: str, threads: int | None, export
 
 def openvino_backends_for(bag: Any, resolved: ResolvedModel, *, precision: str = "fp32",
                           progress: ProgressCallback | None = None,
-                          cancel: threading.Event | None = None, threads: int | None = None,
+                          cancel: CancelFlag | None = None, threads: int | None = None,
                           batch: int = 1, opset: int = OPSET) -> list[OpenVINOBackend]:
     """One backend per member of the model `resolved`, exporting on first use.
 

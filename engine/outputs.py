@@ -8,14 +8,13 @@ and `no_STEM` (the sum of the others, as demucs); `--mix NAME=a+b` writes custom
 from __future__ import annotations
 
 import glob
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from engine.atomicio import Staged, commit_all, discard_temps
-from engine.errors import DemixerError, OutputExistsError
+from engine.errors import CancelFlag, DemixerError, OutputExistsError
 from engine.stembuffers import StemBuffers
 from engine.writers import OutputFormat, io_reason, stage_audio
 
@@ -92,7 +91,7 @@ def check_outputs(plan: OutputPlan, track: Path, sources: list[str],
 
 
 def write_outputs(plan: OutputPlan, track: Path, stems: StemBuffers, rate_out: int,
-                  frames_out: int, cancel: threading.Event | None = None,
+                  frames_out: int, cancel: CancelFlag | None = None,
                   track_name: str | None = None) -> list[Path]:
     """Write every output, all or nothing.
 

@@ -8,7 +8,6 @@ candidate should it fail. An explicit backend, precision or compute units bypass
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from engine.backends import (
 from engine.calibrate import ProgressFn, calibration_for, check_quality
 from engine.candidates import machine_candidates
 from engine.download import DownloadProgress
+from engine.errors import CancelFlag
 from engine.separator import SeparationOptions, Separator
 from engine.store import ResolvedModel, load_model, resolve_model
 
@@ -31,7 +31,7 @@ from engine.store import ResolvedModel, load_model, resolve_model
 def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "cpu",
                   precision: str | None = None, *, compute_units: str | None = None,
                   convert_progress: Callable[[Any], None] | None = None,
-                  cancel: threading.Event | None = None,
+                  cancel: CancelFlag | None = None,
                   threads: int | None = None) -> list[Backend]:
     """One backend per bag member. `kind` is 'auto' or one of `engine.backends.KINDS`;
     `precision` None is each backend's default (torch, MLX, OpenVINO, ONNX Runtime: exact
@@ -63,7 +63,7 @@ def make_backends(bag: Any, resolved: ResolvedModel, kind: str, device: str = "c
 
 
 def _exported_backends(bag: Any, resolved: ResolvedModel, kind: str, precision: str,
-                       progress: Callable[[Any], None] | None, cancel: threading.Event | None,
+                       progress: Callable[[Any], None] | None, cancel: CancelFlag | None,
                        threads: int | None) -> list[Backend]:
     if kind == "openvino":
         from engine.openvino_backend import openvino_backends_for
@@ -95,7 +95,7 @@ def uses_calibration(backend: str, precision: str | None, compute_units: str | N
 def calibrated_backends(bag: Any, resolved: ResolvedModel, quality: str = "default", *,
                         progress: ProgressFn | None = None,
                         convert_progress: Callable[[Any], None] | None = None,
-                        cancel: threading.Event | None = None) -> list[Backend]:
+                        cancel: CancelFlag | None = None) -> list[Backend]:
     """One backend per bag member on the calibrated choice for `quality` (calibrating first
     if this machine has no current calibration of this model), handing over to the next
     passing candidate if it fails (`engine.fallback`)."""
@@ -112,7 +112,7 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
                     device: str = "cpu", options: SeparationOptions = SeparationOptions(),
                     download: bool = True,
                     progress: Callable[[DownloadProgress], None] | None = None,
-                    cancel: threading.Event | None = None, precision: str | None = None,
+                    cancel: CancelFlag | None = None, precision: str | None = None,
                     compute_units: str | None = None,
                     convert_progress: Callable[[Any], None] | None = None,
                     threads: int | None = None, quality: str = "default",

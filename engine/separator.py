@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +32,7 @@ import torch
 from engine import stft
 from engine.backends import Backend
 from engine.chunking import Chunk, Pass, draw_shift_offsets, plan, triangle_weight
-from engine.errors import Cancelled, DemixerError
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.intervals import Intervals
 from engine.overlap_add import Combiner, PassAssembler
 from engine.shapes import CoreShapes
@@ -193,7 +192,7 @@ class Separator:
         return [first.get(p.index, len(p.chunks)) for p in passes]
 
     def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
-                 cancel: threading.Event | None = None,
+                 cancel: CancelFlag | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  offsets: Sequence[int] | None = None,
                  on_notice: Callable[[str], None] | None = None,
@@ -225,7 +224,7 @@ class Separator:
             self._set_notice_handler(None)  # the next job brings its own
 
     def _run(self, passes: list[Pass], audio: np.ndarray, stats: tuple[float, float],
-             sink: StemBuffers, cancel: threading.Event | None,
+             sink: StemBuffers, cancel: CancelFlag | None,
              on_progress: Callable[[Progress], None] | None, focus: Focus) -> None:
         """The chunk loop of `separate`, over what `sink` does not hold yet."""
         mean, std = stats
@@ -238,14 +237,14 @@ class Separator:
         with ThreadPoolExecutor(1, thread_name_prefix="demixer-post") as post:
             pending: Future[None] | None = None
             while not cursor.done:
-                _check(cancel)
+                check_cancel(cancel)
                 unit = cursor.take()
                 batch = list(unit.chunks)
                 backend = self.backends[passes[unit.pass_index].member]
                 raw = self._predict(backend, batch, audio, scale)
                 if pending is not None:
                     pending.result()  # re-raises a post-stage error here
-                _check(cancel)  # the chunk just finished may have been the one that cancelled
+                check_cancel(cancel)  # the chunk just finished may have been the one that cancelled
                 if not overlap_post or finisher.awaited(cursor.focus_frame()):
                     finisher.finish(batch, raw)  # (nothing is pending: all so far ran here)
                 else:
@@ -305,11 +304,6 @@ def _backend_identity(backend: Backend) -> dict[str, Any]:
     return {"name": backend.name, "precision": getattr(backend, "precision", None),
             "device": str(getattr(backend, "device", "")), "batch": backend.max_batch,
             "threads": torch.get_num_threads() if backend.host_bound else None}
-
-
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
 
 
 @dataclass(frozen=True)

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 import platformdirs
 import yaml
 
+from engine.atomicio import write_text_atomic
 from engine.catalogue import CheckpointEntry, ModelEntry, get_entry
 from engine.download import DownloadProgress, digest_matches, download_file, file_sha256
-from engine.errors import ChecksumError, DemixerError, ModelUnavailableError
+from engine.errors import CancelFlag, ChecksumError, DemixerError, ModelUnavailableError
 
 if TYPE_CHECKING:
     import torch
@@ -102,7 +103,7 @@ class ResolvedModel:
 
 def resolve_model(name: str, repo: Path | None = None, *, download: bool = True,
                   progress: Callable[[DownloadProgress], None] | None = None,
-                  cancel: threading.Event | None = None) -> ResolvedModel:
+                  cancel: CancelFlag | None = None) -> ResolvedModel:
     """Find and verify model `name` (see the module docstring for the order).
 
     Raises `ModelUnavailableError` (not found / not downloadable, naming the folder),
@@ -195,7 +196,7 @@ def env_repo() -> Path | None:
 
 
 def download_model(name: str, progress: Callable[[DownloadProgress], None] | None = None,
-                   cancel: threading.Event | None = None) -> ResolvedModel:
+                   cancel: CancelFlag | None = None) -> ResolvedModel:
     """Download (or verify, if present) catalogue model `name` into the data folder,
     whatever local repo is configured (`demixer models download`)."""
     return _resolve_official(get_entry(name), True, progress, cancel)
@@ -262,7 +263,7 @@ def _is_intact(path: Path, ckpt: CheckpointEntry) -> tuple[bool, str]:
 
 def _official_checkpoint(name: str, ckpt: CheckpointEntry, folder: Path, download: bool,
                          progress: Callable[[DownloadProgress], None] | None,
-                         cancel: threading.Event | None) -> tuple[Path, str, bool]:
+                         cancel: CancelFlag | None) -> tuple[Path, str, bool]:
     """(path, SHA-256, downloaded?) of one catalogue checkpoint in `folder`."""
     path = folder / ckpt.file
     url = _download_url(ckpt)
@@ -295,14 +296,12 @@ def _write_bag_yaml(entry: ModelEntry, folder: Path) -> None:
     target = folder / f"{entry.name}.yaml"
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return
-    temp = target.with_suffix(".yaml.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, target)  # atomic: demucs never reads half a file
+    write_text_atomic(target, text)  # demucs never reads half a file
 
 
 def _resolve_official(entry: ModelEntry, download: bool,
                       progress: Callable[[DownloadProgress], None] | None,
-                      cancel: threading.Event | None) -> ResolvedModel:
+                      cancel: CancelFlag | None) -> ResolvedModel:
     folder = checkpoints_dir()
     found = [_official_checkpoint(entry.name, c, folder, download, progress, cancel)
              for c in entry.checkpoints]

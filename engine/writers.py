@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import struct
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from engine.atomicio import Staged, commit_all, discard_temps, fsync_path
-from engine.errors import Cancelled, DemixerError, OutputExistsError
+from engine.errors import CancelFlag, DemixerError, OutputExistsError, check_cancel
 from engine.resample import StreamResampler, resampled_length
 
 BLOCK_FRAMES = 1 << 16  # ~1.5 s at 44.1 kHz: 0.5 MB per stereo float32 block
@@ -106,12 +105,18 @@ class OutputFormat:
                                f"{', '.join(map(str, MP3_RATES))} Hz, or WAV/FLAC.")
 
 
+def export_rate(fmt: OutputFormat, source: tuple[int, int], model: tuple[int, int],
+                keep_model_rate: bool = False) -> tuple[int, int]:
+    """The one rule for the rate and exact length stems are written at (the CLI's job and
+    the app's export): the song's own (`source` = (rate, frames)), or the model's with
+    `keep_model_rate`, lowered to a rate the format carries (`rate_for`: MP3 turns 96 kHz
+    into 48 kHz) with the length to match: (rate, frames)."""
+    rate, frames = model if keep_model_rate else source
+    out_rate = fmt.rate_for(rate)
+    return out_rate, resampled_length(frames, rate, out_rate)
+
+
 # ---------------------------------------------------------------- signal ------------------
-
-def _check_cancel(cancel: threading.Event | None, path: Path) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled(f"writing {path} was cancelled")
-
 
 @dataclass(frozen=True)
 class _Signal:
@@ -136,13 +141,13 @@ class _Signal:
             out += np.multiply(part[:, start:stop], np.float32(gain), dtype=np.float32)
         return out
 
-    def blocks(self, cancel: threading.Event | None, path: Path) -> Iterator[np.ndarray]:
+    def blocks(self, cancel: CancelFlag | None, path: Path) -> Iterator[np.ndarray]:
         """(C, n) float32 blocks at rate_out, `frames` in all: the resampler's tail is
         trimmed, or zeros are appended. Each call streams afresh (new resampler)."""
         resampler = StreamResampler(self.rate_in, self.rate_out, self.channels)
         length, emitted = self.parts[0].shape[1], 0
         for start in range(0, length, BLOCK_FRAMES):
-            _check_cancel(cancel, path)
+            check_cancel(cancel, f"writing {path} was cancelled")
             stop = min(start + BLOCK_FRAMES, length)
             block = resampler.process(self._mix(start, stop), last=stop == length)
             block = block[:, :self.frames - emitted]
@@ -152,7 +157,7 @@ class _Signal:
             if emitted == self.frames:
                 return
         while emitted < self.frames:
-            _check_cancel(cancel, path)
+            check_cancel(cancel, f"writing {path} was cancelled")
             count = min(BLOCK_FRAMES, self.frames - emitted)
             yield np.zeros((self.channels, count), np.float32)
             emitted += count
@@ -420,7 +425,7 @@ def _peak(blocks: Iterator[np.ndarray]) -> float:
 def write_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
                 rate_out: int | None = None, frames_out: int | None = None,
                 fmt: OutputFormat = OutputFormat(), gains: Sequence[float] | None = None,
-                overwrite: bool = False, cancel: threading.Event | None = None) -> Path:
+                overwrite: bool = False, cancel: CancelFlag | None = None) -> Path:
     """Write sum_i gains[i] * parts[i] ((C, N) float32 at `rate_in` Hz) to `path`.
 
     Resampled to `rate_out` (default `rate_in`) and exactly `frames_out` frames long (default
@@ -448,7 +453,7 @@ def write_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
 def stage_audio(path: Path, parts: Sequence[np.ndarray], rate_in: int, *,
                 rate_out: int | None = None, frames_out: int | None = None,
                 fmt: OutputFormat = OutputFormat(), gains: Sequence[float] | None = None,
-                overwrite: bool = False, cancel: threading.Event | None = None) -> Path:
+                overwrite: bool = False, cancel: CancelFlag | None = None) -> Path:
     """`write_audio`'s first half: the complete file, fsynced, in a hidden temporary beside
     `path` (returned); `path` itself is not touched. The caller places it
     (`engine.atomicio.commit_all`) or removes it. Same arguments and errors as `write_audio`;
@@ -491,7 +496,7 @@ def _disk_nearly_full(folder: Path) -> bool:
 
 
 def _write_temp(path: Path, signal: _Signal, fmt: OutputFormat,
-                cancel: threading.Event | None) -> Path:
+                cancel: CancelFlag | None) -> Path:
     divisor = np.float32(1.0)
     if fmt.clip_mode == "rescale":  # a first pass for the peak, as the whole song is not in RAM
         divisor = rescale_divisor(_peak(signal.blocks(cancel, path)))

@@ -25,6 +25,7 @@ from engine import __version__
 from engine.cli.models import add_doctor_command, add_models_commands
 from engine.errors import DemixerError
 from engine.names import printable
+from engine.options import BACKENDS, CLIP_MODES, COMPUTE_UNITS, MODELS, PRECISIONS, QUALITIES
 
 SUBCOMMANDS = ("separate", "make-test-model", "models", "doctor")
 
@@ -65,20 +66,19 @@ def _add_separate(sub: argparse._SubParsersAction) -> None:
                    help="output name template: {track} {trackext} {stem} {ext}")
     p.add_argument("-d", "--device", default="cpu", help="torch device: cpu, cuda, mps")
     p.add_argument("--backend", default="auto",
-                   choices=("auto", "torch", "coreml", "mlx", "openvino", "onnxruntime",
-                            "onnxruntime-coreml"),
+                   choices=BACKENDS,
                    help="auto (default): the fastest backend that passed the --quality gate "
                         "on this machine (calibrated on first use, see `demixer models "
                         "calibrate`), or a runtime: coreml (macOS 13+), mlx (Apple GPU; MLX's "
                         "CPU build elsewhere); openvino and onnxruntime run the core exported "
                         "to ONNX (exported on first use)")
-    p.add_argument("--quality", default="default", choices=("default", "exact", "fast"),
+    p.add_argument("--quality", default="default", choices=QUALITIES,
                    help="what --backend auto must reach against PyTorch fp32 (worst stem): "
                         "exact 70 dB, default 60 dB, fast 40 dB")
-    p.add_argument("--compute-units", default=None, choices=("all", "cpu_and_gpu", "cpu_only"),
+    p.add_argument("--compute-units", default=None, choices=COMPUTE_UNITS,
                    help="CoreML compute units (all = Neural Engine when possible); "
                         "bypasses the calibration")
-    p.add_argument("--precision", default=None, choices=("fp32", "bf16", "mixed", "fp16"),
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="torch and openvino: fp32 (exact, default) or bf16 (fast); "
                         "onnxruntime: fp32; CoreML: mixed (default), fp16 or fp32; "
                         "MLX: fp32 (default), mixed (fp16 attention) or fp16; "
@@ -107,7 +107,7 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
     kind.add_argument("--mp3", action="store_true", help="write MP3 (LAME, gapless)")
     p.add_argument("--mp3-bitrate", type=int, default=320,
                    help="MP3 bit rate in kbit/s (default 320)")
-    p.add_argument("--clip-mode", default="rescale", choices=("rescale", "clamp", "none"),
+    p.add_argument("--clip-mode", default="rescale", choices=CLIP_MODES,
                    help="rescale (default: lower the whole stem if it would clip), "
                         "clamp (cut peaks), none (float32 keeps them)")
     p.add_argument("--keep-model-rate", action="store_true",
@@ -118,7 +118,7 @@ def _add_output_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_make_test_model(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("make-test-model", help="write a random-weight model (tests, benchmarks)")
-    p.add_argument("--name", default="htdemucs_6s", help="catalogue model to imitate")
+    p.add_argument("--name", default=MODELS[0], help="catalogue model to imitate")
     p.add_argument("--out", type=Path, required=True, help="folder to write it to")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights")
     p.add_argument("--tiny", action="store_true", help="a small architecture instead of the real")

@@ -51,6 +51,15 @@ def add_models_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("names", nargs="+", metavar="NAME", help="catalogue model names")
     p.set_defaults(func=run_download)
 
+    _add_convert_command(msub)
+    from engine.cli.calibrate import add_calibrate_command
+
+    add_calibrate_command(msub)
+    _add_onnx_commands(msub)
+    _add_verify_and_clear(msub)
+
+
+def _add_convert_command(msub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("convert", help="convert a model to CoreML now (cached)")
     p.add_argument("name", help="model name, e.g. htdemucs_6s")
     p.add_argument("--repo", type=Path, help="a demucs-style folder of checkpoints to use")
@@ -61,11 +70,8 @@ def add_models_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=1, help="chunks per prediction (default 1)")
     p.set_defaults(func=run_convert)
 
-    from engine.cli.calibrate import add_calibrate_command
 
-    add_calibrate_command(msub)
-    _add_onnx_commands(msub)
-
+def _add_verify_and_clear(msub: argparse._SubParsersAction) -> None:
     p = msub.add_parser("verify", help="hash downloaded checkpoints and converted packages")
     p.add_argument("--repo", type=Path, help="verify the checkpoints of this folder instead")
     p.set_defaults(func=run_verify)

@@ -36,12 +36,12 @@ from engine.coreml.convert import (
     read_metadata,
     shapes_from_metadata,
 )
-from engine.errors import DemixerError
+from engine.errors import CancelFlag, DemixerError
+from engine.options import COMPUTE_UNITS
 
 if TYPE_CHECKING:
     from engine.store import ResolvedModel
 
-COMPUTE_UNITS = ("all", "cpu_and_gpu", "cpu_only", "cpu_and_ne")
 FALLBACK_UNITS = "cpu_and_gpu"
 
 
@@ -171,7 +171,7 @@ class CoreMLBackend:
 def coreml_backends_for(bag: Any, resolved: ResolvedModel, *, compute_units: str = "all",
                         options: ConvertOptions = DEFAULT_OPTIONS,
                         convert_progress: ProgressCallback | None = None,
-                        cancel: threading.Event | None = None,
+                        cancel: CancelFlag | None = None,
                         fallback: bool = True) -> list[CoreMLBackend]:
     """One backend per member of `bag` (loaded from `resolved`), converting on first use.
 

@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.atomicio import fsync_path, write_text_atomic
 from engine.coreml.convert import (
     CONVERSION_VERSION,
     DEFAULT_OPTIONS,
@@ -43,7 +43,6 @@ from engine.coreml.convert import (
     ConvertOptions,
     ConvertProgress,
     ProgressCallback,
-    check_cancel,
     convert_core,
     coremltools_version,
     directory_bytes,
@@ -51,7 +50,7 @@ from engine.coreml.convert import (
     read_metadata,
 )
 from engine.download import file_sha256
-from engine.errors import DemixerError
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.store import data_subdir
 
 if TYPE_CHECKING:
@@ -222,7 +221,7 @@ def find_package(key: CacheKey, root: Path | None = None) -> CachedPackage | Non
 
 
 @contextmanager
-def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: threading.Event | None = None,
+def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: CancelFlag | None = None,
                on_wait: Callable[[], None] | None = None,
                timeout: float | None = None) -> Iterator[bool]:
     """Hold an exclusive `fcntl.flock` on `lock_path`; yields False if not `blocking` and
@@ -257,18 +256,10 @@ def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: threading.Even
         os.close(fd)  # closing the descriptor releases the lock
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """Flush every file and folder under `path` to disk before it is published."""
     for item in sorted(path.rglob("*"), reverse=True) + [path]:
-        _fsync(item)
+        fsync_path(item)
 
 
 def _discard(path: Path) -> None:
@@ -299,11 +290,7 @@ def _write_manifest(tmp: Path, key: CacheKey, metadata: dict[str, str], seconds:
         "created": datetime.now(UTC).isoformat(timespec="seconds"), "files": files,
     }
     _fsync_tree(tmp)
-    staged = tmp / (MANIFEST + ".partial")
-    staged.write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-    _fsync(staged)
-    os.replace(staged, tmp / MANIFEST)  # the manifest is complete or absent
-    _fsync(tmp)
+    write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1))  # complete or absent
     return manifest
 
 
@@ -317,7 +304,7 @@ def _publish(tmp: Path, entry: Path, key: CacheKey) -> bool:
             raise
         shutil.rmtree(tmp, ignore_errors=True)
         return False
-    _fsync(entry.parent)  # make the rename itself durable
+    fsync_path(entry.parent)  # make the rename itself durable
     return True
 
 
@@ -326,7 +313,7 @@ def _publish(tmp: Path, entry: Path, key: CacheKey) -> bool:
 
 def _convert_entry(key: CacheKey, load: Callable[[], nn.Module], root: Path,
                    progress: ProgressCallback | None,
-                   cancel: threading.Event | None) -> CachedPackage:
+                   cancel: CancelFlag | None) -> CachedPackage:
     """Convert into a temp dir and publish it (call with the entry's lock held)."""
     entry = root / key.entry_name
     tmp = root / f".tmp-{key.entry_name}-{os.getpid()}-{secrets.token_hex(4)}"
@@ -350,7 +337,7 @@ def _convert_entry(key: CacheKey, load: Callable[[], nn.Module], root: Path,
 
 def ensure_package(key: CacheKey, load: Callable[[], nn.Module], *, root: Path | None = None,
                    progress: ProgressCallback | None = None,
-                   cancel: threading.Event | None = None,
+                   cancel: CancelFlag | None = None,
                    lock_timeout: float | None = None) -> CachedPackage:
     """The package for `key`: from the cache (`hit=True`) or converted now.
 
@@ -396,7 +383,7 @@ def _member_progress(progress: ProgressCallback | None, index: int,
 def ensure_model_packages(resolved: ResolvedModel, options: ConvertOptions = DEFAULT_OPTIONS,
                           *, bag: Any = None, root: Path | None = None,
                           progress: ProgressCallback | None = None,
-                          cancel: threading.Event | None = None) -> list[CachedPackage]:
+                          cancel: CancelFlag | None = None) -> list[CachedPackage]:
     """One package per checkpoint of `resolved` (a bag has several), converting the missing
     ones. `bag` is the loaded `BagOfModels` if the caller has it; otherwise the checkpoints
     are loaded (once) only if something must be converted."""

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.errors import Cancelled, DemixerError
+from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.shapes import CoreShapes
 
 if TYPE_CHECKING:
@@ -130,11 +130,6 @@ def emit(progress: ProgressCallback | None, stage: str, message: str,
     following = [v for v in _STAGE_START.values() if v > start]
     end = min(following) if following else 1.0
     progress(ConvertProgress(stage, round(start + within * (end - start), 4), message))
-
-
-def check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled()
 
 
 # --- coremltools: import, quiet, fixes ---------------------------------------------------
@@ -259,7 +254,7 @@ class _PipelineProgress:
     PHASES = (("Converting PyTorch Frontend", 0.0, 0.3), ("Running MIL frontend", 0.3, 0.35),
               ("Running MIL default pipeline", 0.35, 0.95), ("Running MIL backend", 0.95, 1.0))
 
-    def __init__(self, progress: ProgressCallback | None, cancel: threading.Event | None,
+    def __init__(self, progress: ProgressCallback | None, cancel: CancelFlag | None,
                  options: ConvertOptions) -> None:
         self.progress, self.cancel, self.options = progress, cancel, options
         self.stage, self.shown = "convert", 0.0
@@ -442,7 +437,7 @@ def compile_package(package: Path, destination: Path) -> Path:
 
 def build_mlmodel(model: nn.Module, name: str, options: ConvertOptions,
                   progress: ProgressCallback | None = None,
-                  cancel: threading.Event | None = None) -> tuple[Any, CoreShapes]:
+                  cancel: CancelFlag | None = None) -> tuple[Any, CoreShapes]:
     """The trace, convert and optimise stages: an in-memory `MLModel` and the core's shapes.
 
     Compression is the last pass of the conversion pipeline; its events say "optimise".
@@ -461,7 +456,7 @@ def build_mlmodel(model: nn.Module, name: str, options: ConvertOptions,
 def convert_core(model: nn.Module, out_dir: Path, *, name: str, checkpoint_sha256: str,
                  options: ConvertOptions = DEFAULT_OPTIONS,
                  progress: ProgressCallback | None = None,
-                 cancel: threading.Event | None = None) -> ConversionResult:
+                 cancel: CancelFlag | None = None) -> ConversionResult:
     """Convert the core of `model` (an HTDemucs) into `out_dir` (see the module docstring).
 
     Emits trace, convert, optimise (only with compression), save and compile (only on

@@ -74,13 +74,13 @@ def wait_for_checkpoint(home: Path, process: subprocess.Popen[str] | None = None
 
 def reference_stems(song: Path, record: dict[str, Any], key: Any, workdir: Path) -> np.ndarray:
     """(S, C, N) stems of one uninterrupted run of `song` as the app's worker runs it
-    (`app.models.build`, its thread count), with the shift offsets the interrupted run
+    (`app.protocol.build`, its thread count), with the shift offsets the interrupted run
     recorded: what a resume must give bit for bit."""
     import dataclasses
 
     import torch
 
-    from app.models import build
+    from app.protocol import build
     from app.worker import separation_threads
     from engine.job import SeparationJob
 

@@ -10,11 +10,11 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QTableWidgetItem
 
-import app.models
+import app.protocol
 import engine.calibrate
 import engine.pipeline
-from app.models import ModelKey
 from app.preferences import PreferencesDialog
+from app.protocol import ModelKey, ModelNews
 from app.queue import State
 from app.worker import _Child
 from engine.atomicio import write_text_atomic
@@ -178,9 +178,9 @@ def test_the_quality_reaches_the_engine(window, settings, monkeypatch) -> None: 
     seen: dict[str, Any] = {}
     monkeypatch.setattr(engine.pipeline, "build_separator",
                         lambda name, **kwargs: seen.update(kwargs) or "separator")
-    assert app.models.build(key) == "separator"
+    assert app.protocol.build(key) == "separator"
     assert seen["quality"] == "exact" and seen["compute_units"] is None  # auto: calibrated
-    app.models.build(ModelKey("htdemucs_6s", backend="coreml", compute_units="cpu_only"))
+    app.protocol.build(ModelKey("htdemucs_6s", backend="coreml", compute_units="cpu_only"))
     assert seen["compute_units"] == "cpu_only"
 
 
@@ -199,16 +199,16 @@ def test_the_worker_calibrates_on_request_and_drops_its_old_choice(  # type: ign
     conn = FakeConn()
     cancel = threading.Event()
     child = _Child(conn, cancel)  # type: ignore[arg-type]
-    child.cached = (ModelKey("htdemucs_6s"), "old separator")
+    child.cached = (ModelKey("htdemucs_6s"), "old separator")  # type: ignore[assignment]
     child.calibrate(ModelKey("htdemucs_6s"))
-    assert [m[1] for m in conn.sent] == ["calibrate", "calibrated"]
-    assert conn.sent[1][3] == result and child.cached is None
+    assert [m.kind for m in conn.sent] == ["calibrate", "calibrated"]
+    assert conn.sent[1].payload == result and child.cached is None
     conn.sent.clear()
     real_clear = cancel.clear
     monkeypatch.setattr(cancel, "clear", lambda: None)  # as if Cancel came while it ran
     cancel.set()
     child.calibrate(ModelKey("htdemucs_6s"))
-    assert conn.sent[-1] == ("model", "calibration-failed", ModelKey("htdemucs_6s"), "")
+    assert conn.sent[-1] == ModelNews("calibration-failed", ModelKey("htdemucs_6s"), "")
     real_clear()
 
 
@@ -225,3 +225,4 @@ def test_a_hand_over_is_shown_once_in_the_status_bar(window, qtbot) -> None:  # 
     window.service.jobEvent.emit(item.id, JobEvent("notice", message=text))
     assert window.statusBar().currentMessage() == f"song.wav: {text}"
     assert item.state == State.SEPARATING  # a notice, not a failure
+    window.queue.items.remove(item)  # a made-up item: closing the window must not ask about it

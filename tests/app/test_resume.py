@@ -16,7 +16,7 @@ from PySide6.QtCore import Qt, QTimer
 from app.filelock import held_elsewhere
 from app.library import LOCK, WORKER_LOCK, resumable_fraction
 from app.mainwindow import MainWindow
-from app.models import ModelKey
+from app.protocol import ModelKey
 from app.queue import State
 from engine.stembuffers import read_index
 from tests.app.apps import (

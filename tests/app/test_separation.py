@@ -240,7 +240,8 @@ def test_the_first_run_dialog_shows_all_of_its_text(qtbot) -> None:  # type: ign
     from PySide6.QtWidgets import QLabel
 
     from app.firstrun import ModelDialog
-    from app.models import ModelKey, SeparationService
+    from app.protocol import ModelKey
+    from app.service import SeparationService
 
     key = ModelKey("htdemucs_6s")
     dialog = ModelDialog(key, SeparationService())

@@ -16,7 +16,13 @@ from demucs.audio import prevent_clip
 
 from engine import writers
 from engine.errors import Cancelled, DemixerError, OutputExistsError
-from engine.writers import BLOCK_FRAMES, OutputFormat, soundfile_container, write_audio
+from engine.writers import (
+    BLOCK_FRAMES,
+    OutputFormat,
+    export_rate,
+    soundfile_container,
+    write_audio,
+)
 from tests.engine.audio_files import sine_mix
 
 RATE = 44100
@@ -201,6 +207,24 @@ def test_rate_for_mp3_picks_a_rate_lame_can_write() -> None:
     assert all(wav.rate_for(rate) == rate for rate in cases)
     for rate in cases:
         mp3.validate(mp3.rate_for(rate))
+
+
+def test_export_rate_is_one_rule_for_the_job_and_the_app() -> None:
+    """A 96 kHz song exported to MP3 comes out at 48 kHz with its length halved, whether the
+    CLI's job writes it or the app exports it (both call export_rate); WAV keeps 96 kHz."""
+    from types import SimpleNamespace
+
+    from app.export import output_rate
+
+    source, model = (96000, 960_001), (44100, 441_000)
+    assert export_rate(OutputFormat("mp3"), source, model) == (48000, 480_000)
+    assert export_rate(OutputFormat("wav"), source, model) == (96000, 960_001)
+    assert export_rate(OutputFormat("mp3"), (88200, 882_000), model) == (44100, 441_000)
+    assert export_rate(OutputFormat("mp3"), source, model, keep_model_rate=True) == model
+    track = SimpleNamespace(source_rate=96000, source_frames=960_001, samplerate=44100,
+                            frames=441_000)
+    for fmt in (OutputFormat("mp3"), OutputFormat("flac")):
+        assert output_rate(track, fmt) == export_rate(fmt, source, model)  # type: ignore[arg-type]
 
 
 def test_rf64_beyond_four_gigabytes() -> None:

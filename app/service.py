@@ -1,35 +1,34 @@
-"""Models and separations as the GUI sees them: `SeparationService` drives the worker
-process (`app.worker`) and turns its messages into Qt signals, queued to the GUI thread."""
+"""The separation service as the GUI sees it: `SeparationService` drives the worker process
+(`app.worker`, messages in `app.protocol`) and turns its news into Qt signals, queued to the
+GUI thread; `LiveProgress` is a running job's ready mark (its hand-overs: docs/architecture.md).
+"""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from app.worker import Message, WorkerClient
+from app.protocol import (
+    Calibrate,
+    Cancel,
+    Focus,
+    JobNews,
+    ModelKey,
+    ModelNews,
+    News,
+    Prepare,
+    Separate,
+    TrackNews,
+    WorkerDied,
+)
+from app.worker import WorkerClient
 from engine.errors import DemixerError
 from engine.intervals import Intervals
-from engine.separator import SeparationOptions, Separator
 from engine.store import ENV_MODEL_REPO, model_status
-
-
-@dataclass(frozen=True)
-class ModelKey:
-    name: str
-    backend: str = "auto"
-    compute_units: str = "all"
-    shifts: int = 1
-    segment: float | None = None
-    quality: str = "default"  # the calibration gate `backend="auto"` runs at
-
-    def options(self) -> SeparationOptions:
-        return SeparationOptions(shifts=self.shifts, segment=self.segment)
 
 
 def needs_setup(name: str) -> bool:
@@ -42,25 +41,12 @@ def needs_setup(name: str) -> bool:
         return False  # an unknown name: let the load report it
 
 
-def build(key: ModelKey, progress: Any = None, cancel: Any = None,
-          convert_progress: Any = None, calibrate_progress: Any = None) -> Separator:
-    """The engine's separator for `key` (in the worker process): download progress goes to
-    `progress`, the first CoreML run's conversion stages to `convert_progress`, and the
-    first run's calibration (`backend="auto"`) to `calibrate_progress`."""
-    from engine.pipeline import build_separator
-
-    units = key.compute_units if key.backend == "coreml" else None  # auto: calibrated
-    return build_separator(key.name, backend=key.backend, options=key.options(),
-                           progress=progress, cancel=cancel, compute_units=units,
-                           convert_progress=convert_progress, quality=key.quality,
-                           calibrate_progress=calibrate_progress)
-
-
 class LiveProgress:
     """Where a running separation's stems are final: `final` (an immutable `Intervals`, out
     of order after a seek) and its prefix `ready_frames`. NB: both are replaced by single
     stores on the reader thread as messages arrive (`final` first); the feeder, peaks and GUI
-    threads read them."""
+    threads read them (the hand-overs and why they are safe: docs/architecture.md, "The
+    ready mark")."""
 
     def __init__(self) -> None:
         self.final = Intervals()
@@ -84,7 +70,7 @@ class SeparationService(QObject):
     failed = Signal(object, str)  # ModelKey, one sentence
     cancelled = Signal(object)  # ModelKey
     # jobs
-    jobTrack = Signal(int, object)  # job id, stems info (frames, rates, sources)
+    jobTrack = Signal(int, object)  # job id, app.protocol.StemsInfo
     jobEvent = Signal(int, object)  # job id, engine.job.JobEvent
     died = Signal(object)  # the worker's exit code
     _message = Signal(object)
@@ -101,7 +87,7 @@ class SeparationService(QObject):
 
     # --- models ------------------------------------------------------------------------
 
-    def get(self, key: ModelKey) -> bool:
+    def is_loaded(self, key: ModelKey) -> bool:
         """Whether the worker has `key` loaded (a separation can start at once)."""
         return self._loaded == key
 
@@ -114,7 +100,7 @@ class SeparationService(QObject):
         if self._busy == key:
             return
         self._busy = key
-        self.client.send(("prepare", key))
+        self.client.send(Prepare(key))
 
     def cancel(self) -> None:
         """Cancel a model download, conversion or calibration in progress."""
@@ -127,7 +113,7 @@ class SeparationService(QObject):
             return
         self.recalibrating = key
         self._loaded = None  # the worker drops its separator: the next job uses the result
-        self.client.send(("calibrate", key))
+        self.client.send(Calibrate(key))
 
     # --- jobs ----------------------------------------------------------------------------
 
@@ -137,18 +123,17 @@ class SeparationService(QObject):
         live = LiveProgress()
         with self._lock:
             self._live[job_id] = live
-        self.client.send(("separate", job_id, str(path), key, str(stems_dir), str(mix_dir),
-                          resume))
+        self.client.send(Separate(job_id, str(path), key, str(stems_dir), str(mix_dir), resume))
         self._loaded = key  # the worker loads it for the job if it had another
         return live
 
     def cancel_job(self, job_id: int) -> None:
-        self.client.send(("cancel", job_id))
+        self.client.send(Cancel(job_id))
 
     def focus_job(self, job_id: int, frame: int) -> None:
         """Ask the running job to separate around `frame` first (the listener sought there)."""
         if self.client.alive:
-            self.client.send(("focus", job_id, int(frame)))
+            self.client.send(Focus(job_id, int(frame)))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker (its job keeps its finished chunks); after `timeout` seconds it
@@ -157,35 +142,35 @@ class SeparationService(QObject):
 
     # --- messages ------------------------------------------------------------------------
 
-    def _from_reader(self, message: Message) -> None:
+    def _from_reader(self, news: News) -> None:
         """On the reader thread: raise the ready mark at once, then queue to the GUI."""
-        if message[0] == "event" and message[2].kind in ("ready", "resumed"):
+        if isinstance(news, JobNews) and news.event.kind in ("ready", "resumed"):
             with self._lock:
-                live = self._live.get(message[1])
+                live = self._live.get(news.job_id)
             if live is not None:
-                live.grow(message[2].final, message[2].ready_frames)
-        self._message.emit(message)
+                live.grow(news.event.final, news.event.ready_frames)
+        self._message.emit(news)
 
-    def _dispatch(self, message: Message) -> None:
-        kind = message[0]
-        if kind == "model":
-            self._model_message(*message[1:])
-        elif kind == "track":
-            self.jobTrack.emit(message[1], message[2])
-        elif kind == "event":
-            if message[2].kind in ("done", "failed", "cancelled"):
+    def _dispatch(self, news: News) -> None:
+        if isinstance(news, ModelNews):
+            self._model_message(news)
+        elif isinstance(news, TrackNews):
+            self.jobTrack.emit(news.job_id, news.info)
+        elif isinstance(news, JobNews):
+            if news.event.kind in ("done", "failed", "cancelled"):
                 with self._lock:
-                    self._live.pop(message[1], None)
-            self.jobEvent.emit(message[1], message[2])
-        elif kind == "died":
+                    self._live.pop(news.job_id, None)
+            self.jobEvent.emit(news.job_id, news.event)
+        elif isinstance(news, WorkerDied):
             self._loaded = self._busy = None
             if self.recalibrating is not None:
                 self.calibrationFailed.emit(self.recalibrating, "The separation process "
                                             "stopped unexpectedly; try again.")
                 self.recalibrating = None
-            self.died.emit(message[1])
+            self.died.emit(news.exitcode)
 
-    def _model_message(self, kind: str, key: ModelKey, payload: Any) -> None:
+    def _model_message(self, news: ModelNews) -> None:
+        kind, key, payload = news.kind, news.key, news.payload
         if kind in ("progress", "convert", "calibrate"):
             {"progress": self.progress, "convert": self.converting,
              "calibrate": self.calibrating}[kind].emit(key, payload)
