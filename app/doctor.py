@@ -70,9 +70,10 @@ def audio_lines() -> list[str]:
         f"{d['default_samplerate']:.0f} Hz)" for i, d in outputs]
 
 
-def doctor_lines() -> list[str]:
-    """`demixer doctor`'s lines after the data folder's: audio output, then the window."""
-    return [*audio_lines(), f"Window: {window_probe()[1]}"]
+def window_lines() -> list[str]:
+    """`demixer doctor`'s last line: whether the window can open here."""
+    return [f"Window: {window_probe()[1]}"]
 
 
-HOST = Host(doctor_lines=doctor_lines, self_test_checks=(("window", check_window),))
+HOST = Host(doctor_lines=audio_lines, doctor_last=window_lines,
+            self_test_checks=(("window", check_window),))

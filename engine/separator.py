@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 
 from engine import stft
 from engine.backends import Backend
@@ -109,7 +109,8 @@ class Separator:
             sha = hashlib.sha256()
             for backend in self.backends:
                 core = getattr(backend, "core", None)
-                if not isinstance(core, torch.nn.Module):
+                torch = sys.modules.get("torch")  # not imported here: exported runtimes run
+                if torch is None or not isinstance(core, torch.nn.Module):  # without it
                     sha.update(f"{type(backend).__name__}@{id(backend)}".encode())
                     continue
                 for name, tensor in core.state_dict().items():
@@ -303,7 +304,19 @@ def _backend_identity(backend: Backend) -> dict[str, Any]:
     order of its sums)."""
     return {"name": backend.name, "precision": getattr(backend, "precision", None),
             "device": str(getattr(backend, "device", "")), "batch": backend.max_batch,
-            "threads": torch.get_num_threads() if backend.host_bound else None}
+            "threads": _threads(backend)}
+
+
+def _threads(backend: Backend) -> int | None:
+    """The CPU threads of a host-bound backend: its own setting, else torch's (torch is not
+    imported for it: a cached OpenVINO start runs without torch)."""
+    if not backend.host_bound:
+        return None
+    own = getattr(backend, "threads", None)
+    if own is not None:
+        return int(own)
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
 
 
 @dataclass(frozen=True)

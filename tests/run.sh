@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README). Sets up everything on a fresh machine, then runs the suite:
 #   system libraries (Debian: PortAudio for sounddevice, the libraries Qt's offscreen
-#   platform loads and those its X11 platform needs to open the window), a virtual environment in .venv with PyTorch pinned to the CPU build
+#   platform loads, those its X11 platform needs to open the window, and Xvfb for the
+#   display check's test), a virtual environment in .venv with PyTorch pinned to the CPU build
 #   2.13.0 (an unpinned torch pulls gigabytes of CUDA packages), the project with its dev
 #   extras (on Linux they include MLX's CPU build, mlx[cpu]==0.32.4, for the MLX backend's
 #   tests), then pytest. Extra arguments go to pytest.
@@ -12,7 +13,7 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     need=()
     for pkg in libportaudio2 libegl1 libgl1 libxkbcommon0 libfontconfig1 libdbus-1-3 libglib2.0-0 \
                libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 \
-               libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1; do
+               libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xkb1 xvfb xauth; do
         dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
     done
     if [ ${#need[@]} -gt 0 ]; then

@@ -38,10 +38,12 @@ def _no_lines() -> list[str]:
 class Host:
     """What the layer above adds to the headless commands, which `engine` may not look at
     itself (it never imports Qt, sounddevice or `app`): `demixer doctor`'s lines after the
-    data folder's (audio devices, the window) and `--self-test`'s extra checks (name, check
-    returning its one line). The launcher passes the app's (`app.doctor.HOST`)."""
+    data folder's (audio devices) and its last lines (the window), and `--self-test`'s extra
+    checks (name, check returning its one line). The launcher passes the app's
+    (`app.doctor.HOST`)."""
 
     doctor_lines: Callable[[], list[str]] = _no_lines
+    doctor_last: Callable[[], list[str]] = _no_lines
     self_test_checks: Sequence[tuple[str, Callable[[], str]]] = ()
 
 

@@ -531,6 +531,6 @@ def run_doctor(args: argparse.Namespace) -> int:
              _torch_line(), *_coreml_lines(), _mlx_line(),
              *_runtime_lines(), *backend_lines(),
              f"Data: {data_dir()} (CoreML packages: {len(entries)} in {cache_root()})",
-             *args.host.doctor_lines(), *doctor_lines()]
+             *args.host.doctor_lines(), *doctor_lines(), *args.host.doctor_last()]
     print("\n".join(lines))
     return 0

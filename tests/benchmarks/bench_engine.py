@@ -576,6 +576,8 @@ def _seek_report(args: argparse.Namespace, rounds: dict[str, list[dict]]) -> dic
 
 CLI_MODES = {
     # name: demixer separate flags
+    "auto": [],  # what a user gets: the calibrated choice for the default quality
+    "auto-fast": ["--quality", "fast"],  # ... and for the fast quality
     "exact": ["--backend", "torch"],
     "fast": ["--backend", "torch", "--precision", "bf16"],
     "openvino": ["--backend", "openvino"],
