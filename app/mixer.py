@@ -3,22 +3,32 @@
 Three threads touch a `Mixer`:
   - the GUI calls `load`, `play`, `pause`, `seek`, `set_gains` and reads `position`;
   - the feeder thread (`fill_step`) copies lane audio from disk into a preallocated ring
-    (RING_FRAMES per lane) ahead of the playhead, never past the song's ready mark, through
-    a `practice.Shaper` that loops A–B and changes speed and pitch (so the ring holds output
-    frames; `src_of` maps each to the song frame it plays, for the playhead);
+    (RING_FRAMES per lane) ahead of the playhead, never past the end of the final interval
+    it is in (`practice.ready_until`: a seek-first separation finishes the song out of order),
+    through a `practice.Shaper` that loops A–B and changes speed and pitch (so the ring holds
+    output frames; `src_of` maps each to the song frame it plays, for the playhead);
   - the audio callback (`callback`) mixes from the ring into `outdata`.
 
 The callback follows DESIGN.md rule 3: no allocation of buffers (every array is preallocated,
 every ufunc writes with `out=`), no locks, no logging, no I/O, no Qt; it always fills all of
-`outdata` (zeros when paused, past the end, or past the ready region — where it waits).
+`outdata` (zeros when paused, past the end, or outside the final intervals — where it waits).
 Gain changes ramp linearly over RAMP_FRAMES (10 ms); play and pause fade over the same time.
+
+Playing a song that is still separating (`EdgeFade`, `playable_end`): a seek may land where
+nothing is final yet; the playhead goes there and waits in silence until it is. Playback runs
+to the end of the interval it is in and waits at its edge, fading out over the last
+RAMP_FRAMES before it (no click), and fades in again when the separator has filled the gap.
+When the next interval joins before the playhead gets there, the feeder simply reads on: the
+ring is continuous, so the join is inaudible.
 
 NB: thread-safety without locks. Every shared value has one writer and is a single reference
 or int store (atomic in CPython):
   - `_Session.seek_to`/`seek_gen`: written by the GUI (seek_to first, then the generation);
-  - `_Session.fill` = (gen, start, end): written by the feeder; the ring holds frames
+  - `_Session.fill` = (gen, start, end, edge): written by the feeder; the ring holds frames
     [start, end) of seek generation `gen`; it writes only frames >= end, and only up to
-    position + RING_FRAMES, so it never touches a slot the callback may still read;
+    position + RING_FRAMES, so it never touches a slot the callback may still read; `edge`
+    is the ring frame where the shaper stopped at the end of a final interval when the
+    feeder last looked (NO_EDGE while it can go on);
   - `_Session.play_gen`/`position`/`reading_to`: written by the callback;
   - `_Session.practice`: a new frozen `Practice` assigned by the GUI; the feeder takes it up
     by pulling `fill`'s end back to FLUSH_FRAMES past what the callback is reading (a flush,
@@ -49,9 +59,47 @@ MAX_BLOCK = 2048  # frames mixed per inner step (the callback loops over larger 
 RING_FRAMES = 1 << 17  # ~3 s per lane ahead of the playhead
 FEED_FRAMES = 8192
 FIRST_STEP_FRAMES = 1024  # what a fill step makes when the ring is nearly empty
+NO_EDGE = 1 << 62  # `_Session.fill`'s edge while the shaper can go on
 FLUSH_FRAMES = 3072  # a change is heard 70 ms on (the restarted stretcher is primed: no
 # latency of its own); the feeder has those 70 ms to make the first new frames (~21 ms of
 # CPU for six stretched lanes here)
+
+
+def playable_end(track: TrackAudio, frame: int) -> int:
+    """How far the mixer may read from `frame` on: the end of the final interval holding it
+    (`frame` itself if it is not final yet, the song's end once complete)."""
+    return track.playable_end(frame)
+
+
+class EdgeFade:
+    """The callback's fade-out before the edge of a final interval it must stop at.
+
+    gain(t) = min(1, (edge - x_t) / RAMP_FRAMES) for frame x_t: 1 until RAMP_FRAMES before the
+    edge, 1 / RAMP_FRAMES on the last frame before it. Computed into preallocated buffers.
+    """
+
+    def __init__(self, channels: int) -> None:
+        self._t = np.repeat(np.arange(MAX_BLOCK, dtype=np.float32)[:, None], channels, axis=1)
+        self._gain = np.zeros((MAX_BLOCK, channels), np.float32)
+
+    @staticmethod
+    def applies(position: int, n: int, edge: int, frames: int) -> bool:
+        """Whether frames [position, position + n) come within RAMP_FRAMES of a real edge
+        (not the song's end)."""
+        return edge < frames and position + n > edge - RAMP_FRAMES
+
+    def apply(self, out: np.ndarray, position: int, n: int, edge: int) -> None:
+        """Multiply out[:n] (frames from `position`) by the fade towards `edge`."""
+        o = 0
+        while o < n:
+            k = min(n - o, MAX_BLOCK)
+            g = self._gain[:k]
+            np.subtract(np.float32(edge - position - o), self._t[:k], out=g)
+            np.multiply(g, np.float32(1.0 / RAMP_FRAMES), out=g)
+            np.minimum(g, np.float32(1.0), out=g)
+            np.maximum(g, np.float32(0.0), out=g)
+            np.multiply(out[o:o + k], g, out=out[o:o + k])
+            o += k
 
 
 class _Session:
@@ -62,7 +110,7 @@ class _Session:
         self.track = track
         self.lanes = lanes
         self.ring = np.zeros((lanes, RING_FRAMES, channels), np.float32)
-        self.fill: tuple[int, int, int] = (0, 0, 0)
+        self.fill: tuple[int, int, int, int] = (0, 0, 0, NO_EDGE)
         self.seek_to, self.seek_gen = 0, 1
         self.play_gen, self.position = 0, 0
         self.reading_to = 0  # the callback mixes ring frames below this
@@ -107,6 +155,7 @@ class Mixer:
         self._ramp = np.zeros((MAX_BLOCK, channels), np.float32)
         self._gain = np.zeros((MAX_BLOCK, channels), np.float32)
         self._tmp = np.zeros((MAX_BLOCK, channels), np.float32)
+        self._edge_fade = EdgeFade(channels)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
@@ -151,11 +200,12 @@ class Mixer:
         return self.transport > 0.0
 
     def seek(self, frame: int) -> int:
-        """Move the playhead to `frame`, clamped to the ready region; returns where it went."""
+        """Move the playhead to `frame` (clamped to the song); returns where it went. Where
+        nothing is final yet, playback waits there until it is."""
         s = self._session
         if s is None:
             return 0
-        frame = max(0, min(int(frame), s.track.ready_frames))
+        frame = max(0, min(int(frame), s.track.frames))
         s.seek_to = frame
         s.seek_gen += 1  # NB: publishes the seek (seek_to is written first)
         self._wake.set()
@@ -191,7 +241,7 @@ class Mixer:
             return 0
         if s.seek_gen != s.play_gen:
             return s.seek_to
-        g, start, end = s.fill
+        g, start, end, _ = s.fill
         p = s.position
         if g != s.play_gen or end <= start or p < start:
             return p
@@ -203,10 +253,13 @@ class Mixer:
 
     @property
     def waiting(self) -> bool:
-        """Playing, but stopped at the edge of what has been separated so far."""
+        """Playing, but stopped where nothing is separated yet (an interval's edge, or a seek
+        past what is final)."""
         s = self._session
-        return (s is not None and self.playing and not s.track.complete
-                and self.position >= s.track.ready_frames)
+        if s is None or not self.playing or s.track.complete:
+            return False
+        position = self.position
+        return position < s.track.frames and playable_end(s.track, position) <= position
 
     # --- feeder ----------------------------------------------------------------------
 
@@ -241,32 +294,34 @@ class Mixer:
         if s.fill[0] != gen:
             if self.output_active and s.play_gen != gen:
                 return False  # NB: the callback may still read the old ring; wait for it
-            s.fill, s.xfade = (gen, s.seek_to, s.seek_to), 0
+            s.fill, s.xfade = (gen, s.seek_to, s.seek_to, NO_EDGE), 0
             s.shaped_for = s.practice
             s.shaper.restart(s.seek_to, s.practice, _audible(s))
         elif s.practice is not s.shaped_for or _restretch(s):
             self._flush(s)
-        g, start, end = s.fill
+        g, start, end, edge = s.fill
         played = s.position if s.play_gen == g else start
         # little ahead (a seek or a flush): a short step first, so the callback gets audio soon
         n = min(FEED_FRAMES, max(FIRST_STEP_FRAMES, end - played), played + RING_FRAMES - end)
         if n <= 0:
             return False
         n = s.shaper.produce(s.out[:, :n], s.out_src[:n])
-        if n <= 0:
+        if n <= 0:  # at the end of a final interval (or of the song): the callback fades there
+            if edge != end:
+                s.fill = (g, start, end, end)
             return False
         self._write_ring(s, end, n)
-        s.fill = (g, start, end + n)  # NB: published after the ring is written
+        s.fill = (g, start, end + n, NO_EDGE)  # NB: published after the ring is written
         return True
 
     def _flush(self, s: _Session) -> None:
         """Take up a new Practice: keep only FLUSH_FRAMES ahead of what the callback reads,
         and go on from the song frame there with the new settings."""
-        g, start, end = s.fill
+        g, start, end, _ = s.fill
         practice = s.practice
         played = s.position if s.play_gen == g else start
         keep = min(end, max(played + FLUSH_FRAMES, s.reading_to + 256))
-        s.fill = (g, start, keep)  # NB: first, so the callback never reads what is rewritten
+        s.fill = (g, start, keep, NO_EDGE)  # NB: first: the callback never reads what is rewritten
         src = int(round(s.src_of[keep % RING_FRAMES])) if keep < end else s.shaper.next_source
         s.xfade = end - keep
         s.shaped_for = practice
@@ -307,9 +362,9 @@ class Mixer:
         if self._fade_to == 0.0 and self._fade_pos >= RAMP_FRAMES:
             self._snap_gains(s)
             return  # paused
-        g, start, end = s.fill
+        g, start, end, edge = s.fill
         n = min(frames, end - s.position) if g == s.play_gen and start <= s.position else 0
-        if n <= 0:  # past the end or the ready region: silence, and wait there
+        if n <= 0:  # past the end or outside the final intervals: silence, and wait there
             if self._fade_to > 0.0:  # fade in again when the audio arrives
                 self._fade_from, self._fade_pos = 0.0, 0
             else:
@@ -319,6 +374,8 @@ class Mixer:
         s.reading_to = s.position + n  # NB: the feeder keeps clear of these frames
         self._start_ramp(s)
         self._mix(s, outdata, n)
+        if EdgeFade.applies(s.position, n, edge, NO_EDGE):
+            self._edge_fade.apply(outdata, s.position, n, edge)
         self._apply_fade(outdata, n)
         s.position += n
         s.ramp_pos += n

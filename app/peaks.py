@@ -5,8 +5,13 @@ envelope (min and max over both channels), float32, shape (2, bins). Level 0 is 
 bin (1.5 ms at 44.1 kHz), the top level 65,536 frames; drawing any zoom reduces at most
 ~4 bins per pixel, so a 10-minute song redraws in well under a millisecond per lane.
 
-NB: threads. One builder thread appends; it fills bins past `valid_frames`, then raises
-`valid_frames` (a plain int store, atomic in CPython). Readers use only bins below it.
+A seek-first separation finishes the stems out of order, so the peaks are built wherever
+the stems are final (`TrackAudio.final`), whole bins at a time; `Peaks.valid` is the set of
+frames built (`valid_frames` its prefix), and columns with nothing built come out as NaN
+(drawn as nothing).
+
+NB: threads. One builder thread adds; it fills bins outside `valid`, then publishes a new
+`valid` (an immutable `Intervals`, one reference store). Readers use only bins inside it.
 `PeakBuilder.stop` is deterministic: it takes the lock the builder holds around each step, so
 once it returns no read of the track runs or can start and the track may be closed. The
 threads: docs/architecture.md.
@@ -22,6 +27,7 @@ import numpy as np
 
 from app.track import TrackAudio
 from engine.atomicio import write_atomic
+from engine.intervals import Intervals
 
 BASE_FRAMES = 64
 FACTOR = 4
@@ -40,16 +46,29 @@ class Peaks:
         self.frames = frames
         self.levels = [np.zeros((2, -(-frames // bin_frames(k))), np.float32)
                        for k in range(LEVELS)]
-        self.valid_frames = 0
+        self.valid = Intervals()
+
+    @property
+    def valid_frames(self) -> int:
+        """How far the peaks are built from the start without a gap."""
+        return self.valid.prefix
+
+    @valid_frames.setter
+    def valid_frames(self, frames: int) -> None:
+        self.valid = Intervals.upto(frames)
 
     @property
     def complete(self) -> bool:
-        return self.valid_frames >= self.frames
+        return self.valid.covers(0, self.frames)
 
     def append(self, block: np.ndarray) -> None:
-        """Add (n, C) float32 frames at `valid_frames`; n is a multiple of BASE_FRAMES
+        """Add (n, C) float32 frames at `valid_frames` (see `add`)."""
+        self.add(self.valid_frames, block)
+
+    def add(self, start: int, block: np.ndarray) -> None:
+        """Add (n, C) float32 frames at `start`, a multiple of BASE_FRAMES; n is one too
         unless the block ends the lane."""
-        start, n = self.valid_frames, min(block.shape[0], self.frames - self.valid_frames)
+        n = min(block.shape[0], self.frames - start)
         if n <= 0:
             return
         first, full = start // BASE_FRAMES, n // BASE_FRAMES
@@ -62,7 +81,7 @@ class Peaks:
             tail = block[full * BASE_FRAMES:n]
             base[:, first + full] = tail.min(), tail.max()
         self._build_upper(first, first + -(-n // BASE_FRAMES))
-        self.valid_frames = start + n  # NB: published after the bins are written
+        self.valid = self.valid.add(start, start + n)  # NB: published after the bins
 
     def _build_upper(self, lo: int, hi: int) -> None:
         """Recompute the bins of levels 1.. that cover level-0 bins [lo, hi)."""
@@ -78,14 +97,16 @@ class Peaks:
 
     def columns(self, start: float, frames_per_px: float,
                 width: int) -> tuple[np.ndarray, np.ndarray]:
-        """(mins, maxs) for pixel columns 0.. of a view starting at frame `start`; only as
-        many columns as have ready data (possibly 0). Column x reduces the bins from the one
-        its left edge falls in up to (not including) the one column x + 1 starts in."""
+        """(mins, maxs) for pixel columns 0.. of a view starting at frame `start`, up to the
+        last column with built data (possibly 0 columns); a column with nothing built is
+        NaN. Column x reduces the bins from the one its left edge falls in up to (not
+        including) the one column x + 1 starts in."""
         level = 0
         while level + 1 < LEVELS and bin_frames(level + 1) <= frames_per_px:
             level += 1
         size = bin_frames(level)
-        valid_bins = -(-self.valid_frames // size)
+        valid = self.valid
+        valid_bins = -(-valid.spans[-1][1] // size) if valid else 0
         edges = start + np.arange(width + 1) * frames_per_px
         first = np.floor(edges[:-1] / size).astype(np.int64)
         count = int(np.searchsorted(first, valid_bins))  # columns that start in valid data
@@ -93,8 +114,21 @@ class Peaks:
             return np.zeros(0, np.float32), np.zeros(0, np.float32)
         end = int(min(valid_bins, max(first[count - 1] + 1, edges[count] // size)))
         table = self.levels[level][:, :end]
-        return (np.minimum.reduceat(table[0], first[:count]),
-                np.maximum.reduceat(table[1], first[:count]))
+        lo = np.minimum.reduceat(table[0], first[:count])
+        hi = np.maximum.reduceat(table[1], first[:count])
+        if len(valid) > 1 or valid.spans[0][0] > 0:
+            self._blank_unbuilt(lo, hi, first[:count] * size, edges[1:count + 1], size)
+        return lo, hi
+
+    def _blank_unbuilt(self, lo: np.ndarray, hi: np.ndarray, col_start: np.ndarray,
+                       col_edge: np.ndarray, size: int) -> None:
+        """NaN in the columns whose frames hold nothing built (between islands)."""
+        col_end = np.maximum(col_start + size, np.floor(col_edge / size) * size)
+        built = np.zeros(len(lo), bool)
+        for a, b in self.valid:
+            built |= (col_start < b) & (col_end > a)
+        lo[~built] = np.nan
+        hi[~built] = np.nan
 
     @classmethod
     def _from(cls, data: np.lib.npyio.NpzFile, prefix: str) -> Peaks:
@@ -166,19 +200,29 @@ class PeakBuilder:
         self._thread.join(2.0)  # only the pause or the saving of finished peaks remains
 
     def step(self) -> bool:
-        """Append one block to each lane that has new ready audio; whether any was added."""
+        """Add one block to each lane that has new final audio; whether any was added."""
         worked = False
         for lane, peaks in enumerate(self.peaks):
-            ready, have = self.track.lane_ready(lane), peaks.valid_frames
-            n = min(BUILD_BLOCK, ready - have)
-            if ready < self.track.frames:
-                n -= n % BASE_FRAMES  # whole bins only until the lane's end
-            if n <= 0:
+            block = self._next_block(self.track.lane_final(lane), peaks)
+            if block is None:
                 continue
-            self.track.read_lane_into(lane, have, self._block[:n], self._scratch[:n])
-            peaks.append(self._block[:n])
+            start, n = block
+            self.track.read_lane_into(lane, start, self._block[:n], self._scratch[:n])
+            peaks.add(start, self._block[:n])
             worked = True
         return worked
+
+    def _next_block(self, final: Intervals, peaks: Peaks) -> tuple[int, int] | None:
+        """(start, frames) of the next whole bins that are final but not built, if any: the
+        first such range (a bin straddling an island's edge waits for its neighbour)."""
+        frames = self.track.frames
+        for a, b in final.minus(peaks.valid):
+            start = -(-a // BASE_FRAMES) * BASE_FRAMES
+            stop = b if b >= frames else b // BASE_FRAMES * BASE_FRAMES
+            n = min(BUILD_BLOCK, stop - start)
+            if n > 0:
+                return start, n
+        return None
 
     def _run(self) -> None:
         while True:

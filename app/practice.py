@@ -57,8 +57,9 @@ def make_loop(a: int, b: int, frames: int) -> Loop | None:
 
 
 def ready_until(track: TrackAudio, pos: int) -> int:
-    """The end of the playable run of source frames that contains `pos` (exclusive)."""
-    return track.ready_frames
+    """The end of the playable run of source frames that contains `pos` (exclusive): the end
+    of the final interval holding it (`pos` itself where nothing is final yet)."""
+    return track.playable_end(pos)
 
 
 class LoopReader:

@@ -5,7 +5,8 @@ the worker imports this and never loads Qt.
 Every message is a frozen dataclass sent whole over one duplex `multiprocessing` pipe
 (pickled; every field is picklable):
   parent -> child: `Prepare` | `Separate` | `Calibrate` | `Cancel` | `Quit`
-                   (a cancel or quit keeps the job's finished chunks)
+                   (a cancel or quit keeps the job's finished chunks) | `Focus` (the
+                   listener sought: separate around there first)
   child -> parent: `ModelNews`  a model's loading: progress|convert|calibrate|loaded|failed|
                                 cancelled, and a calibration's calibrated|calibration-failed
                    `TrackNews`  a job's stems exist (after decoding): their shape
@@ -107,7 +108,15 @@ class Quit:
     pass
 
 
-Request = Prepare | Separate | Calibrate | Cancel | Quit
+@dataclass(frozen=True)
+class Focus:
+    """The listener sought to `frame` (model rate) of job `job_id`'s song."""
+
+    job_id: int
+    frame: int
+
+
+Request = Prepare | Separate | Calibrate | Cancel | Quit | Focus
 
 
 # --- child -> parent ---------------------------------------------------------------------

@@ -138,6 +138,12 @@ class SeparationQueue(QObject):
             item.cancelling = True
             self.service.cancel_job(item.id)  # the job's "cancelled" event finishes the item
 
+    def focus(self, item: QueueItem, frame: int) -> None:
+        """The listener sought to `frame` of `item`: if it is separating, the separator works
+        there first (then on from there, the skipped part last)."""
+        if item.state == State.SEPARATING and not item.cancelling:
+            self.service.focus_job(item.id, frame)
+
     def retry(self, item: QueueItem) -> None:
         """Run a failed or cancelled item again: from its checkpoint if it left one."""
         if item.state in (State.FAILED, State.CANCELLED):

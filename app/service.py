@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -14,6 +15,7 @@ from PySide6.QtCore import QObject, Signal
 from app.protocol import (
     Calibrate,
     Cancel,
+    Focus,
     JobNews,
     ModelKey,
     ModelNews,
@@ -25,6 +27,7 @@ from app.protocol import (
 )
 from app.worker import WorkerClient
 from engine.errors import DemixerError
+from engine.intervals import Intervals
 from engine.store import ENV_MODEL_REPO, model_status
 
 
@@ -39,12 +42,20 @@ def needs_setup(name: str) -> bool:
 
 
 class LiveProgress:
-    """How far a running separation's stems are final. NB: `ready_frames` is a plain int,
-    raised by the reader thread as messages arrive; the feeder and peaks threads read it (the
-    ready mark's hand-overs and why they are safe: docs/architecture.md, "The ready mark")."""
+    """Where a running separation's stems are final: `final` (an immutable `Intervals`, out
+    of order after a seek) and its prefix `ready_frames`. NB: both are replaced by single
+    stores on the reader thread as messages arrive (`final` first); the feeder, peaks and GUI
+    threads read them (the hand-overs and why they are safe: docs/architecture.md, "The
+    ready mark")."""
 
     def __init__(self) -> None:
+        self.final = Intervals()
         self.ready_frames = 0
+
+    def grow(self, spans: Iterable[tuple[int, int]], ready_frames: int) -> None:
+        """Take an event's final intervals (they only ever grow)."""
+        self.final = self.final.union(Intervals(spans).add(0, ready_frames))
+        self.ready_frames = max(self.ready_frames, ready_frames, self.final.prefix)
 
 
 class SeparationService(QObject):
@@ -119,6 +130,11 @@ class SeparationService(QObject):
     def cancel_job(self, job_id: int) -> None:
         self.client.send(Cancel(job_id))
 
+    def focus_job(self, job_id: int, frame: int) -> None:
+        """Ask the running job to separate around `frame` first (the listener sought there)."""
+        if self.client.alive:
+            self.client.send(Focus(job_id, int(frame)))
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker (its job keeps its finished chunks); after `timeout` seconds it
         is terminated (the last checkpoint on disk still holds)."""
@@ -132,7 +148,7 @@ class SeparationService(QObject):
             with self._lock:
                 live = self._live.get(news.job_id)
             if live is not None:
-                live.ready_frames = max(live.ready_frames, news.event.ready_frames)
+                live.grow(news.event.final, news.event.ready_frames)
         self._message.emit(news)
 
     def _dispatch(self, news: News) -> None:

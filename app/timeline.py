@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject, Signal
 
+from engine.intervals import Intervals
+
 MIN_FRAMES_PER_PX = 16.0  # deepest zoom: 0.36 ms a pixel at 44.1 kHz
 
 
@@ -23,13 +25,15 @@ class Timeline(QObject):
         self.frames_per_px = 1024.0
         self.width = 1
         self.playhead = 0
-        self.ready = 0
+        self.ready = 0  # the prefix of `final`
+        self.final = Intervals()  # where the stems are separated (drawn; out of order)
         self.loop: tuple[int, int] | None = None  # the A–B loop shown, frames
         self._fitted = True
 
     def reset(self, frames: int, samplerate: int) -> None:
         self.frames, self.samplerate = frames, samplerate
         self.playhead, self.ready, self._fitted = 0, 0, True
+        self.final = Intervals()
         self.set_loop(None)
         self.fit()
 
@@ -100,8 +104,11 @@ class Timeline(QObject):
         self.playheadChanged.emit()
 
     def set_ready(self, frame: int) -> None:
-        if frame != self.ready:
-            self.ready = frame
+        self.set_final(Intervals.upto(frame))
+
+    def set_final(self, final: Intervals) -> None:
+        if final != self.final:
+            self.final, self.ready = final, final.prefix
             self.readyChanged.emit()
 
     def seconds(self, frame: float) -> float:

@@ -14,6 +14,7 @@ from typing import Protocol
 
 import numpy as np
 
+from engine.intervals import Intervals
 from engine.stembuffers import StemBuffers
 
 ORIGINAL = "mix"  # the lane (and StemBuffers source) of the original mix
@@ -63,7 +64,8 @@ def slider_gain(value: int) -> float:
 
 
 class ReadyMark(Protocol):
-    ready_frames: int
+    ready_frames: int  # [0, ready_frames) is final; a `final` attribute (Intervals), if
+    # present, says everything that is (a seek-first separation finishes out of order)
 
 
 class TrackAudio:
@@ -71,10 +73,11 @@ class TrackAudio:
 
     `stems` and `mix` are read-only `StemBuffers` owned by this object (their own file
     descriptors, so a job discarding its stems cannot pull them away mid-read). `progress`
-    is whatever raises `ready_frames` while the song separates (the job's own buffers), or
-    None when the stems are complete.
-    NB: threads. `ready_frames` is a plain int read; the stems below it are never rewritten
-    (the whole argument: docs/architecture.md, "The ready mark").
+    is whatever raises `ready_frames` (and grows `final`) while the song separates, or None
+    when the stems are complete.
+    NB: threads. `ready_frames` is a plain int read and `final` one reference read (an
+    immutable `Intervals`); the stems inside them are never rewritten (the whole argument:
+    docs/architecture.md, "The ready mark").
     """
 
     def __init__(self, title: str, stems: StemBuffers, mix: StemBuffers, lanes: list[Lane],
@@ -98,11 +101,29 @@ class TrackAudio:
         return min(self.frames, int(self.progress.ready_frames))
 
     @property
+    def final(self) -> Intervals:
+        """Where the stems are final (all of the song once complete)."""
+        if self.progress is None:
+            return Intervals.upto(self.frames)
+        final = getattr(self.progress, "final", None)
+        return final if final is not None else Intervals.upto(self.ready_frames)
+
+    @property
     def complete(self) -> bool:
         return self.ready_frames >= self.frames
 
+    def playable_end(self, frame: int) -> int:
+        """How far playback may go from `frame` without a gap (`frame` if it is not final)."""
+        if self.progress is None:
+            return self.frames
+        return min(self.frames, self.final.end_at(frame))
+
     def lane_ready(self, lane: int) -> int:
         return self.frames if self.lanes[lane].original else self.ready_frames
+
+    def lane_final(self, lane: int) -> Intervals:
+        """Where lane `lane` is final (the original mix: all of it)."""
+        return Intervals.upto(self.frames) if self.lanes[lane].original else self.final
 
     def read_lane_into(self, lane: int, start: int, out: np.ndarray,
                        scratch: np.ndarray) -> None:

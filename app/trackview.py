@@ -35,6 +35,7 @@ from app.songmix import LaneMix, SongMix
 from app.timeline import Timeline, format_time
 from app.track import Lane, TrackAudio, lane_gains, slider_gain
 from app.waveform import RulerWidget, WaveformWidget
+from engine.intervals import Intervals
 
 HEADER_WIDTH = 210
 MAX_LANES = 8  # six stems, the original, and room for one more
@@ -238,7 +239,7 @@ class TrackView(QWidget):
         self.peaks: list[Peaks] = []
         self.headers: list[LaneHeader] = []
         self.waves: list[WaveformWidget] = []
-        self._seen_valid: list[int] = []
+        self._seen_valid: list[Intervals | None] = []
         self.title = QLabel()
         self.title.setStyleSheet("font-size: 17px; font-weight: 600;")
         self.info = QLabel()
@@ -320,7 +321,7 @@ class TrackView(QWidget):
             header.setVisible(i < len(lanes))
             wave.setVisible(i < len(lanes))
             self.grid.setRowStretch(i + 1, 1 if i < len(lanes) else 0)
-        self._seen_valid = [-1] * len(self.peaks)
+        self._seen_valid = [None] * len(self.peaks)
         self.timeline.reset(track.frames if track else 0, track.samplerate if track else 44100)
         if track is None:
             return
@@ -386,10 +387,10 @@ class TrackView(QWidget):
         """Pick up new peaks and the ready mark (the window's 30 Hz timer calls this)."""
         if self.track is None:
             return
-        self.timeline.set_ready(self.track.ready_frames)
+        self.timeline.set_final(self.track.final)
         for i, (peaks, wave) in enumerate(zip(self.peaks, self.waves, strict=True)):
-            if peaks.valid_frames != self._seen_valid[i]:
-                self._seen_valid[i] = peaks.valid_frames
+            if peaks.valid != self._seen_valid[i]:
+                self._seen_valid[i] = peaks.valid
                 wave.update()
 
     # --- scrolling ----------------------------------------------------------------------------

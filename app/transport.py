@@ -190,7 +190,7 @@ class SongTransport(_Window):
 
     def play(self) -> None:
         track = self.track
-        if track is None or track.ready_frames == 0:
+        if track is None or not track.final:
             return
         if self.mixer.position >= track.frames:
             self.mixer.seek(0)
@@ -202,12 +202,18 @@ class SongTransport(_Window):
         self.mixer.play()
 
     def seek(self, frame: int) -> None:
+        """Move the playhead; while the song separates, the separator goes there first
+        (playback waits there until it is separated)."""
         if self.track is None:
             return
         went = self.mixer.seek(frame)
-        if went < frame and not self.track.complete:
-            self.statusBar().showMessage(
-                f"Separated up to {format_time(went / self.track.samplerate)} so far.", 3000)
+        item = self.shown_item
+        if item is not None and not self.track.complete:
+            self.queue.focus(item, went)
+            if not self.track.final.contains(went):
+                self.statusBar().showMessage(
+                    f"Separating from {format_time(went / self.track.samplerate)} first.",
+                    3000)
         self.track_view.timeline.set_playhead(went)
 
     def seek_by(self, seconds: float) -> None:
@@ -218,7 +224,7 @@ class SongTransport(_Window):
         track = self.track
         self.play_action.setText("Pause" if self.mixer.playing else "Play")
         self.play_action.setIcon(self.pause_icon if self.mixer.playing else self.play_icon)
-        self.play_action.setEnabled(track is not None and track.ready_frames > 0)
+        self.play_action.setEnabled(track is not None and bool(track.final))
         complete = track is not None and track.complete and not self.exporter.busy
         self.export_action.setEnabled(complete and self._export_entry() is not None)
         self.reveal_action.setEnabled(self._export_entry() is not None)
@@ -242,7 +248,7 @@ class SongTransport(_Window):
                                 f"{format_time(track.frames / rate)}{waiting}")
         self.track_view.poll()
         if self.play_action.text() != ("Pause" if self.mixer.playing else "Play") or (
-                self.play_action.isEnabled() != (track.ready_frames > 0)):
+                self.play_action.isEnabled() != bool(track.final)):
             self._update_transport()
 
     def _export_entry(self) -> LibraryEntry | None:

@@ -168,7 +168,7 @@ class WaveformWidget(_TimeWidget):
 
     def waveform_image(self) -> QImage:
         tl = self.timeline
-        key = (tl.start, tl.frames_per_px, self.width(), self.height(), self.peaks.valid_frames,
+        key = (tl.start, tl.frames_per_px, self.width(), self.height(), self.peaks.valid,
                self.audible, self.decibels, is_dark(self.palette()))
         if self._image is None or key != self._key:
             lo, hi = self.peaks.columns(tl.start, tl.frames_per_px, self.width())
@@ -196,15 +196,19 @@ class WaveformWidget(_TimeWidget):
         painter.end()
 
     def _draw_pending(self, painter: QPainter, dark: bool) -> None:
-        """Hatch the part that is not separated yet."""
-        x = max(0.0, self.timeline.x_of(self.timeline.ready))
-        if x >= self.width() or self.timeline.ready >= self.timeline.frames:
-            return
+        """Hatch the parts that are not separated yet (gaps between the final intervals),
+        with a dashed line at each edge the playback waits at."""
+        tl = self.timeline
         hatch = QColor(255, 255, 255, 40) if dark else QColor(0, 0, 0, 30)
-        painter.fillRect(QRectF(x, 0, self.width() - x, self.height()),
-                         QBrush(hatch, Qt.BrushStyle.BDiagPattern))
-        painter.setPen(QPen(QColor(self.colour), 1, Qt.PenStyle.DashLine))
-        painter.drawLine(QPointF(x, 0), QPointF(x, self.height()))
+        for a, b in tl.final.gaps(0, tl.frames):
+            x0, x1 = max(0.0, tl.x_of(a)), min(float(self.width()), tl.x_of(b))
+            if x1 <= 0 or x0 >= self.width():
+                continue
+            painter.fillRect(QRectF(x0, 0, x1 - x0, self.height()),
+                             QBrush(hatch, Qt.BrushStyle.BDiagPattern))
+            painter.setPen(QPen(QColor(self.colour), 1, Qt.PenStyle.DashLine))
+            if a > 0:
+                painter.drawLine(QPointF(x0, 0), QPointF(x0, self.height()))
 
 
 class RulerWidget(_TimeWidget):
@@ -286,9 +290,11 @@ class RulerWidget(_TimeWidget):
         painter.end()
 
     def _draw_ready(self, painter: QPainter) -> None:
-        """A thin bar along the bottom: how far the separation has come."""
+        """A thin bar along the bottom under each part that is separated."""
         tl = self.timeline
-        x = min(self.width(), max(0.0, tl.x_of(tl.ready)))
         colour = QColor(self.palette().color(QPalette.ColorRole.Highlight))
         colour.setAlpha(120)
-        painter.fillRect(QRectF(0, self.height() - 2, x, 2), colour)
+        for a, b in tl.final:
+            x0, x1 = max(0.0, tl.x_of(a)), min(float(self.width()), tl.x_of(b))
+            if x1 > x0:
+                painter.fillRect(QRectF(x0, self.height() - 2, x1 - x0, 2), colour)

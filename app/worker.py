@@ -14,7 +14,8 @@ The messages (frozen dataclasses over one duplex `multiprocessing` pipe) are in
 Event (the child is busy inside it then). Calibration (`engine.calibrate`) runs here, never
 in the GUI process: it runs the network a dozen times and more. The child never loads Qt
 (tests/app/test_worker.py checks it). Its threads (main, job, post) and what each owns:
-docs/architecture.md.
+docs/architecture.md. A `Focus` during a job moves its separator to the listener's playhead
+(`SeparationJob.focus`); one that comes between jobs is dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from app.protocol import (
     Calibrate,
     Cancel,
+    Focus,
     JobNews,
     ModelKey,
     ModelNews,
@@ -211,6 +213,9 @@ class _Child:
         if isinstance(message, Cancel):
             if message.job_id == job_id:
                 job.cancel()
+        elif isinstance(message, Focus):
+            if message.job_id == job_id:
+                job.focus(message.frame)
         elif isinstance(message, Quit):
             job.cancel()
             self.quitting = True

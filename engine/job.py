@@ -2,8 +2,10 @@
 
 The GUI and the CLI drive the same `SeparationJob`. It reports `JobEvent`s through a callback
 (called on the worker thread: the GUI turns them into Qt signals), exposes the growing stems
-(`job.stems`, readable below `job.stems.ready_frames`) as soon as decoding is done, and cancels
-through a `threading.Event` checked between chunks.
+(`job.stems`, readable inside `job.stems.final`) as soon as decoding is done, and cancels
+through a `threading.Event` checked between chunks. `job.focus(frame)` (any thread) moves
+the work to the listener's playhead: the chunks around it first, then on from there, the
+skipped part last (`engine.separator.Focus`); the stems stay bit for bit the same.
 
 Resume. With a `stems_dir` (the app's library folder, or the CLI's `engine.partial` run
 folder) the job checkpoints as it goes (`StemBuffers.begin`): the stems' data is fsynced, then
@@ -36,7 +38,7 @@ from engine.errors import Cancelled, DemixerError
 from engine.logfile import unexpected_message
 from engine.outputs import OutputPlan, check_outputs, write_outputs
 from engine.partial import FolderLock, digest, inspect, new_workdir, source_identity
-from engine.separator import Progress, Separator
+from engine.separator import Focus, Progress, Separator
 from engine.stembuffers import INDEX, StemBuffers, read_index
 from engine.writers import export_rate, io_reason
 
@@ -52,6 +54,9 @@ class JobEvent:
     eta_s: float | None = None
     ready_frames: int = 0  # stems are final for [0, ready_frames) at the model rate
     message: str = ""  # "notice": one sentence to show once (a warning, a status line)
+    # "ready", "resumed": where the stems are final, ((start, stop), ...) at the model rate
+    # (out of order after a seek; `ready_frames` is its prefix)
+    final: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass
@@ -83,6 +88,7 @@ class SeparationJob:
         self.separator = separator
         self.plan = plan
         self.cancel_event = threading.Event()
+        self._focus = Focus()
         self.on_event = on_event or (lambda e: None)
         self.resumable = stems_dir is not None
         self.resume = resume
@@ -120,6 +126,11 @@ class SeparationJob:
         """Stop between chunks. The finished chunks stay resumable unless `discard`."""
         self._discard = self._discard or discard
         self.cancel_event.set()
+
+    def focus(self, frame: int) -> None:
+        """Separate around `frame` (model rate) first: the listener moved the playhead there.
+        NB: any thread; the separator reads it between network calls."""
+        self._focus.frame = max(0, int(frame))
 
     def wait(self, timeout: float | None = None) -> JobResult:
         """The result once the job has finished (or after `timeout` seconds)."""
@@ -162,10 +173,10 @@ class SeparationJob:
                                 JobEvent("progress", stage="decoding", fraction=f)))
         self.stems, offsets = self._open_stems(self.track)
         self.on_event(JobEvent("stage", stage="separating"))
-        if self.stems.ready_frames < self.stems.frames:
+        if not self.stems.complete:
             sep.separate(self.track.audio, self.track.mean, self.track.std, self.stems,
                          cancel=self.cancel_event, on_progress=self._on_progress,
-                         offsets=offsets, on_notice=self._on_notice)
+                         offsets=offsets, on_notice=self._on_notice, focus=self._focus)
         self.stems.save_index(complete=True, extra={"source": str(self.path)})
         if self.plan is not None:
             self.on_event(JobEvent("stage", stage="writing"))
@@ -219,7 +230,7 @@ class SeparationJob:
             return None
         self.result.resumed_from = state.fraction
         self.on_event(JobEvent("resumed", fraction=state.fraction,
-                               ready_frames=stems.ready_frames,
+                               ready_frames=stems.ready_frames, final=stems.final.spans,
                                message=f"resuming {self.path.name} from "
                                        f"{int(state.fraction * 100)}%"))
         offsets = record.get("offsets")
@@ -235,7 +246,8 @@ class SeparationJob:
     def _on_progress(self, p: Progress) -> None:
         self.on_event(JobEvent("progress", stage="separating", fraction=p.fraction,
                                eta_s=p.eta_s, ready_frames=p.ready_frames))
-        self.on_event(JobEvent("ready", stage="separating", ready_frames=p.ready_frames))
+        self.on_event(JobEvent("ready", stage="separating", ready_frames=p.ready_frames,
+                               final=p.final.spans))
 
     def _disk_message(self, err: OSError) -> str:
         folder = Path(err.filename).parent if err.filename else (
@@ -255,7 +267,7 @@ class SeparationJob:
         kept = False
         if stems is not None:
             try:
-                if self.resumable and not self._discard and stems.ready_frames > 0:
+                if self.resumable and not self._discard and stems.final:
                     stems.checkpoint()
                     kept = True
             except OSError:

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import DemixerError
-from engine.stembuffers import read_index
+from engine.intervals import Intervals
+from engine.stembuffers import final_of, read_index
 
 PARTIAL = "partial"
 WORK = "work"
@@ -195,7 +196,9 @@ def _children(root: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class PartialState:
-    """What a stems folder holds: `resumable` and how far (`fraction`, 0..1), or why not."""
+    """What a stems folder holds: `resumable` and how much (`fraction`, 0..1), or why not.
+    `ready_frames` counts the final frames (all of `final`, which a seek-first run may have
+    finished out of order)."""
 
     folder: Path
     resumable: bool
@@ -204,6 +207,7 @@ class PartialState:
     frames: int = 0
     source: Path | None = None
     reason: str = ""
+    final: Intervals = Intervals()
 
     @property
     def fraction(self) -> float:
@@ -223,7 +227,8 @@ def inspect(folder: Path, fingerprint: str | None = None) -> PartialState:
     if not isinstance(record, dict):
         return PartialState(folder, False, reason="not made by a resumable run")
     try:
-        frames, ready = int(info["frames"]), int(info["ready_frames"])
+        frames, final = int(info["frames"]), final_of(info)
+        ready = final.total
         expected = frames * int(info["channels"]) * 4
         sizes_ok = all((folder / f"{s}.f32").is_file()
                        and (folder / f"{s}.f32").stat().st_size == expected
@@ -238,11 +243,11 @@ def inspect(folder: Path, fingerprint: str | None = None) -> PartialState:
         return PartialState(folder, False, False, 0, frames, source, "nothing finished yet")
     if source_identity(source) != record["source"]:
         return PartialState(folder, False, complete, ready, frames, source,
-                            "the input file changed or is gone")
+                            "the input file changed or is gone", final)
     if fingerprint is not None and record.get("fingerprint") != fingerprint:
         return PartialState(folder, False, complete, ready, frames, source,
-                            "made with another model or other options")
-    return PartialState(folder, True, complete, ready, frames, source)
+                            "made with another model or other options", final)
+    return PartialState(folder, True, complete, ready, frames, source, final=final)
 
 
 # --- clean-up ----------------------------------------------------------------------------

@@ -2,8 +2,15 @@
 
 `Separator` holds a loaded model (a demucs `BagOfModels`, one backend per member) and the
 separation options; `separate(track, sink, ...)` runs every chunk of every pass, in an order
-that keeps the passes in step, and writes final stems into `sink` region by region, raising
-`sink.ready_frames` as it goes. It runs on the caller's thread; `engine.job` puts it on a worker.
+that keeps the passes in step, and writes final stems into `sink` region by region, growing
+`sink.final` (a set of intervals) as it goes. It runs on the caller's thread; `engine.job`
+puts it on a worker.
+
+Seek first. The order follows a `Focus` (the listener's playhead, moved from any thread):
+between network calls the separator takes the batch around the focus first, keeps going
+forward from there, and fills the skipped part last. Chunks then finish out of order; the
+overlap-add and the mix of passes (`engine.overlap_add`) do not depend on that order, so the
+stems are bit for bit those of an in-order run.
 
 Normalisation is demucs's (`demucs.api.Separator.separate_tensor`): the model sees
 (track - mean) / (std + 1e-8) of the mono mix, and the stems are scaled back.
@@ -26,7 +33,8 @@ from engine import stft
 from engine.backends import Backend
 from engine.chunking import Chunk, Pass, draw_shift_offsets, plan, triangle_weight
 from engine.errors import CancelFlag, DemixerError, check_cancel
-from engine.overlap_add import Combiner, PassAccumulator
+from engine.intervals import Intervals
+from engine.overlap_add import Combiner, PassAssembler
 from engine.shapes import CoreShapes
 from engine.stembuffers import StemBuffers, read_track_window
 
@@ -47,9 +55,10 @@ class SeparationOptions:
 class Progress:
     chunks_done: int
     chunks_total: int
-    ready_frames: int
+    ready_frames: int  # the stems are final on [0, ready_frames) (the prefix of `final`)
     elapsed_s: float
     chunks_resumed: int = 0  # of chunks_done, those finished by an earlier, interrupted run
+    final: Intervals = Intervals()  # where the stems are final
 
     @property
     def fraction(self) -> float:
@@ -61,6 +70,16 @@ class Progress:
         if ran <= 0:
             return None
         return self.elapsed_s / ran * (self.chunks_total - self.chunks_done)
+
+
+class Focus:
+    """Where the listener is: the separator works on the chunks around `frame` first.
+
+    NB: threads. `frame` is one int (or None: the first frame not final when the run began),
+    assigned by any thread and read by the separator's thread between network calls."""
+
+    def __init__(self, frame: int | None = None) -> None:
+        self.frame = frame
 
 
 class Separator:
@@ -146,72 +165,88 @@ class Separator:
     def batch_size(self, member: int) -> int:
         return self.options.batch or self.backends[member].max_batch
 
-    def resume_chunks(self, passes: Sequence[Pass], ready: int) -> list[int]:
-        """Per pass, the chunk to start at when the stems are final below `ready`.
+    def units(self, passes: Sequence[Pass], final: Intervals, length: int) -> list[Unit]:
+        """The batches still to run when the stems are final on `final`: every whole batch
+        (chunks [k * size, (k + 1) * size) of a pass, as an in-order run batches them) with a
+        chunk that touches a frame not final yet.
 
-        A sample x >= ready gets contributions only from chunks that end after x, so a pass
-        restarts at its first chunk that ends after `ready` (chunks end in order), rounded down
-        to a whole batch: the network then sees the very batches of an uninterrupted run, and
-        a batched backend's arithmetic cannot differ. Chunks before `ready` only add to samples
-        that are final already (the accumulators' sums for those come out incomplete, and the
-        combiner drops them)."""
-        starts = []
+        Whole batches: the network then sees the very batches of an in-order run, so a batched
+        backend's arithmetic cannot differ. A frame outside `final` gets contributions only
+        from chunks that touch it, all of which run again; chunks also touching final frames
+        only add to samples that are final already (`engine.overlap_add` drops those)."""
+        todo = []
         for p in passes:
-            first = next((c.index for c in p.chunks if c.out_stop > ready), len(p.chunks))
             size = self.batch_size(p.member)
-            starts.append(first if first == len(p.chunks) else first // size * size)
-        return starts
+            for k in range(0, len(p.chunks), size):
+                chunks = p.chunks[k:k + size]
+                if any(not final.covers(max(0, c.out_start), min(length, c.out_stop))
+                       for c in chunks):
+                    todo.append(Unit(p.index, chunks))
+        return todo
+
+    def resume_chunks(self, passes: Sequence[Pass], ready: int) -> list[int]:
+        """Per pass, the chunk an in-order resume starts at when the stems are final below
+        `ready` (its first chunk that ends after `ready`, rounded down to a whole batch)."""
+        length = max(p.stop for p in passes)
+        first = {u.pass_index: u.chunks[0].index
+                 for u in reversed(self.units(passes, Intervals.upto(ready), length))}
+        return [first.get(p.index, len(p.chunks)) for p in passes]
 
     def separate(self, audio: np.ndarray, mean: float, std: float, sink: StemBuffers,
                  cancel: CancelFlag | None = None,
                  on_progress: Callable[[Progress], None] | None = None,
                  offsets: Sequence[int] | None = None,
-                 on_notice: Callable[[str], None] | None = None) -> None:
+                 on_notice: Callable[[str], None] | None = None,
+                 focus: Focus | None = None) -> None:
         """Separate the (C, N) track `audio` (model rate) into `sink`, streaming.
 
-        Resumes where `sink` says the stems are final (`sink.ready_frames`, 0 for a fresh
-        sink): with the same audio, mean, std and shift `offsets` (see `draw_offsets`; None
-        draws them per the options) the stems come out bit for bit as in one uninterrupted
-        run (tests/engine/test_resume.py); see `resume_chunks` for why. `on_notice` gets one
-        sentence when something the person should know happens on the way (a backend that
-        failed and was handed over, `engine.fallback`).
+        Runs only what `sink.final` does not hold yet (nothing for a fresh sink): with the
+        same audio, mean, std and shift `offsets` (see `draw_offsets`; None draws them per
+        the options) the stems come out bit for bit as in one uninterrupted run
+        (tests/engine/test_resume.py); see `units` for why. `focus` says where to work first
+        (see the module docstring; None: from the first frame not final, in order).
+        `on_notice` gets one sentence when something the person should know happens on the
+        way (a backend that failed and was handed over, `engine.fallback`).
 
         The post stage (iSTFT, overlap-add, mixing, writing, progress) runs on this thread
         after each network call when the backend computes on the CPU: on a 2-core machine a
         post thread running beside torch's threads stalls them by more than it saves (60 s of
         audio: 31.5 s overlapped, 29.0 s in turn). When the network runs elsewhere (the ANE
         or a GPU), one post thread finishes the previous chunk while the next one computes.
-        It takes chunks strictly in order, so the stems are bit for bit those of a sequential
-        run; at most one finished chunk waits for it. Until the first region is final, though,
-        latency beats throughput: the listener is waiting for it, so its post stage runs here.
+        It takes batches in the order they were computed; at most one finished batch waits for
+        it. While the frame at the focus is not final, though, latency beats throughput: the
+        listener is waiting for it, so its post stage runs here.
         """
         passes = self.plan(audio.shape[-1], offsets)
         self._set_notice_handler(on_notice)
         try:
-            self._run(passes, audio, (mean, std), sink, cancel, on_progress)
+            self._run(passes, audio, (mean, std), sink, cancel, on_progress, focus or Focus())
         finally:
             self._set_notice_handler(None)  # the next job brings its own
 
     def _run(self, passes: list[Pass], audio: np.ndarray, stats: tuple[float, float],
              sink: StemBuffers, cancel: CancelFlag | None,
-             on_progress: Callable[[Progress], None] | None) -> None:
-        """The chunk loop of `separate`, from where `sink` says the stems are final."""
+             on_progress: Callable[[Progress], None] | None, focus: Focus) -> None:
+        """The chunk loop of `separate`, over what `sink` does not hold yet."""
         mean, std = stats
-        starts = self.resume_chunks(passes, sink.ready_frames)
-        finisher = _Finisher(self, passes, sink, mean, std, on_progress, starts)
-        cursor = _Cursor(passes, starts)
+        length = audio.shape[-1]
+        cursor = _Cursor(self.units(passes, sink.final, length), sink.final, length, focus)
+        finisher = _Finisher(self, passes, sink, (mean, std), on_progress,
+                             cursor.todo_chunks)
         scale = (np.float32(mean), np.float32(std + 1e-8))
         overlap_post = not any(b.host_bound for b in self.backends)
         with ThreadPoolExecutor(1, thread_name_prefix="demixer-post") as post:
             pending: Future[None] | None = None
             while not cursor.done:
                 check_cancel(cancel)
-                backend, batch = self._next_batch(cursor)
+                unit = cursor.take()
+                batch = list(unit.chunks)
+                backend = self.backends[passes[unit.pass_index].member]
                 raw = self._predict(backend, batch, audio, scale)
                 if pending is not None:
                     pending.result()  # re-raises a post-stage error here
                 check_cancel(cancel)  # the chunk just finished may have been the one that cancelled
-                if not overlap_post or finisher.first_region:
+                if not overlap_post or finisher.awaited(cursor.focus_frame()):
                     finisher.finish(batch, raw)  # (nothing is pending: all so far ran here)
                 else:
                     pending = post.submit(finisher.finish, batch, raw)
@@ -224,12 +259,6 @@ class Separator:
             setter = getattr(backend, "set_notice_handler", None)
             if setter is not None:
                 setter(on_notice)
-
-    def _next_batch(self, cursor: _Cursor) -> tuple[Backend, list[Chunk]]:
-        """Chunks of the pass furthest behind (keeps passes in step, so buffers stay small)."""
-        lead = cursor.lead()
-        backend = self.backends[lead.member]
-        return backend, cursor.take(lead, self.options.batch or backend.max_batch)
 
     def _predict(self, backend: Backend, chunks: list[Chunk], audio: np.ndarray,
                  scale: tuple[np.float32, np.float32]) -> tuple[np.ndarray, np.ndarray]:
@@ -290,63 +319,82 @@ def _threads(backend: Backend) -> int | None:
     return torch.get_num_threads() if torch is not None else None
 
 
-class _Cursor:
-    """Which chunks run next: always the pass whose next chunk starts earliest."""
+@dataclass(frozen=True)
+class Unit:
+    """One batch of one pass: the chunks one network call takes."""
 
-    def __init__(self, passes: Sequence[Pass], starts: Sequence[int]) -> None:
-        self.passes = list(passes)
-        self.next = list(starts)
+    pass_index: int
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def start(self) -> int:
+        return self.chunks[0].out_start
+
+    @property
+    def stop(self) -> int:
+        return self.chunks[-1].out_stop
+
+
+class _Cursor:
+    """Which batch runs next: of those that reach past the focus, the one that starts
+    earliest (so the playhead's region first, then on from there, the passes in step, which
+    keeps the buffers small); once nothing is left past the focus, the earliest of the rest
+    (the skipped part)."""
+
+    def __init__(self, todo: Sequence[Unit], final: Intervals, length: int,
+                 focus: Focus) -> None:
+        self.todo = sorted(todo, key=lambda u: (u.start, u.pass_index))
+        self.focus = focus
+        self.length = length
+        gaps = final.gaps(0, length)
+        self.default_focus = gaps.spans[0][0] if gaps else 0
+        self.todo_chunks = sum(len(u.chunks) for u in todo)
 
     @property
     def done(self) -> bool:
-        return all(n == len(p.chunks) for n, p in zip(self.next, self.passes, strict=True))
+        return not self.todo
 
-    def lead(self) -> Pass:
-        live = [p for p in self.passes if self.next[p.index] < len(p.chunks)]
-        return min(live, key=lambda p: (p.chunks[self.next[p.index]].out_start, p.index))
+    def focus_frame(self) -> int:
+        frame = self.focus.frame
+        return self.default_focus if frame is None else max(0, min(int(frame), self.length - 1))
 
-    def take(self, p: Pass, size: int) -> list[Chunk]:
-        k = self.next[p.index]
-        chunks = list(p.chunks[k:k + size])
-        self.next[p.index] += len(chunks)
-        return chunks
+    def take(self) -> Unit:
+        f = self.focus_frame()
+        i = next((i for i, u in enumerate(self.todo) if u.stop > f), 0)
+        return self.todo.pop(i)
 
 
 class _Finisher:
     """The post stage: overlap-add, mix passes, write final regions, report progress."""
 
-    def __init__(self, sep: Separator, passes: Sequence[Pass], sink: StemBuffers, mean: float,
-                 std: float, on_progress: Callable[[Progress], None] | None,
-                 starts: Sequence[int]) -> None:
+    def __init__(self, sep: Separator, passes: Sequence[Pass], sink: StemBuffers,
+                 stats: tuple[float, float], on_progress: Callable[[Progress], None] | None,
+                 todo_chunks: int) -> None:
         self.sep = sep
         self.sink = sink
+        mean, std = stats
         weight = triangle_weight(sep.segment)
-        self.accs = [PassAccumulator(p, len(sep.sources), sep.shapes.channels, sep.segment,
-                                     weight, first) for p, first in zip(passes, starts,
-                                                                        strict=True)]
-        # A batch of b chunks moves its pass's frontier up to b strides past the final mark
-        # (the cursor always advances the pass furthest behind), so b segments always hold it.
-        batch = max(sep.batch_size(m) for m in range(len(sep.backends)))
-        self.combiner = Combiner(passes, sep.options.shifts, sep.weights, sink,
-                                 capacity=sep.segment * batch, mean=mean, std=std + 1e-8,
-                                 finalized=sink.ready_frames)
+        self.assemblers = [PassAssembler(p, weight, sink.frames) for p in passes]
+        self.combiner = Combiner(passes, sep.options.shifts, sep.weights, sink, mean=mean,
+                                 std=std + 1e-8)
         self.on_progress = on_progress
         self.total = sum(len(p.chunks) for p in passes)
-        self.resumed = self.done = sum(starts)
-        self.resumed_at = sink.ready_frames
+        self.resumed = self.done = self.total - todo_chunks
         self.t0 = time.monotonic()
 
-    @property
-    def first_region(self) -> bool:
-        """True until this run has made a region final (the listener is waiting for it)."""
-        return self.sink.ready_frames == self.resumed_at
+    def awaited(self, frame: int) -> bool:
+        """Whether the listener waits for `frame` (not final yet)."""
+        return not self.sink.final.contains(frame)
 
     def finish(self, chunks: list[Chunk], raw: tuple[np.ndarray, np.ndarray]) -> None:
         for chunk, out in zip(chunks, self.sep._to_audio(chunks, raw), strict=True):
-            start, region = self.accs[chunk.pass_index].add(chunk, out)
-            self.combiner.add(chunk.pass_index, start, region)
-        self.sink.set_ready(self.combiner.finalize(min(a.frontier for a in self.accs)))
+            assembler = self.assemblers[chunk.pass_index]
+            for start, region in assembler.add(chunk, out, self.combiner.final):
+                self.combiner.add(chunk.pass_index, start, region)
+        final = self.combiner.finalize()
+        self.sink.final = final  # NB: published (written above) before anyone is told
         self.done += len(chunks)
-        if self.on_progress is not None:
-            self.on_progress(Progress(self.done, self.total, self.sink.ready_frames,
-                                      time.monotonic() - self.t0, self.resumed))
+        if self.on_progress is not None:  # the listener hears of it before any fsync
+            self.on_progress(Progress(self.done, self.total, final.prefix,
+                                      time.monotonic() - self.t0, self.resumed, final))
+        self.sink.set_final(final)  # checkpoints when one is due

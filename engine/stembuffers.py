@@ -4,16 +4,21 @@ One raw float32 file per stem, frames interleaved (N, C), plus `stems.json`. Wri
 use positional I/O (`os.pwrite`/`os.preadv`) instead of memory maps, so the process's resident
 memory stays flat however long the song is: mapped file pages would count towards RSS.
 
-Resumable runs: after `begin(record)`, `set_ready` checkpoints now and then (at most every
-`CHECKPOINT_EVERY_S`, and at the end): the stems' data is fsynced first, then `stems.json`
-is replaced atomically with `ready_frames` and the record (what a resume must reproduce), so
-after a kill or a power loss the index never claims more than what is on disk.
-`StemBuffers.resume(folder)` reopens such a folder for writing from its `ready_frames` on;
-`read_index(folder)` reads the index without opening anything.
+What is final is a set of intervals (`final`, `engine.intervals.Intervals`): a seek-first
+separation finishes the song out of order. `ready_frames` is its prefix, how far the stems are
+final from the start without a gap (what an in-order run reports).
 
-NB: threads. The separator thread is the only writer; it writes a region, then raises
-`ready_frames` (a plain int; CPython makes the store atomic). Readers on other threads (player
-feeder, GUI) only read below `ready_frames`, a region that is never written again.
+Resumable runs: after `begin(record)`, `set_final` checkpoints now and then (at most every
+`CHECKPOINT_EVERY_S`, and at the end): the stems' data is fsynced first, then `stems.json`
+is replaced atomically with the final intervals (`final`, and their prefix `ready_frames`)
+and the record (what a resume must reproduce), so after a kill or a power loss the index never
+claims more than what is on disk. `StemBuffers.resume(folder)` reopens such a folder for
+writing outside its final intervals; `read_index(folder)` reads the index without opening
+anything, and `final_of(index)` its intervals.
+
+NB: threads. The separator thread is the only writer; it writes a region, then publishes a
+new `final` (one reference store; CPython makes it atomic). Readers on other threads (player
+feeder, GUI) only read inside `final`, regions that are never written again.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from engine.atomicio import write_text_atomic
+from engine.intervals import Intervals
 
 INDEX = "stems.json"
 # fsync + index at most this often (one costs ~65 ms on a busy ext4 disk); tests that
@@ -44,18 +50,30 @@ def read_index(directory: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
+def final_of(info: dict[str, Any]) -> Intervals:
+    """The final intervals an index records (`final`; older indexes: [0, ready_frames)).
+    Raises KeyError, TypeError or ValueError on a damaged index."""
+    if "final" in info:
+        return Intervals((int(a), int(b)) for a, b in info["final"])
+    return Intervals.upto(int(info["ready_frames"]))
+
+
 class StemBuffers:
     def __init__(self, directory: Path, sources: Sequence[str], channels: int, frames: int,
                  samplerate: int, *, create: bool = True, writable: bool | None = None,
-                 ready_frames: int | None = None) -> None:
+                 ready_frames: int | None = None, final: Intervals | None = None) -> None:
         """`create` makes empty stems (truncating any); else the files are opened as they
-        are, read-only unless `writable` (a resume)."""
+        are, read-only unless `writable` (a resume). What is final: `final`, else
+        [0, `ready_frames`), else nothing for new stems and everything for opened ones."""
         self.directory = Path(directory)
         self.sources = list(sources)
         self.channels = channels
         self.frames = frames
         self.samplerate = samplerate
-        self.ready_frames = (0 if create else frames) if ready_frames is None else ready_frames
+        if final is None:
+            final = Intervals.upto((0 if create else frames) if ready_frames is None
+                                   else ready_frames)
+        self.final = final
         self.record: dict[str, Any] | None = None  # set by begin(): makes checkpoints
         self._last_checkpoint = 0.0
         writable = create if writable is None else writable
@@ -72,6 +90,19 @@ class StemBuffers:
         except BaseException:
             self.close()
             raise
+
+    @property
+    def ready_frames(self) -> int:
+        """How far the stems are final from frame 0 on without a gap."""
+        return self.final.prefix
+
+    @ready_frames.setter
+    def ready_frames(self, frames: int) -> None:
+        self.final = Intervals.upto(frames)
+
+    @property
+    def complete(self) -> bool:
+        return self.final.covers(0, self.frames)
 
     def path(self, stem: str) -> Path:
         return self.directory / f"{stem}.f32"
@@ -110,7 +141,8 @@ class StemBuffers:
         info: dict[str, Any] = dict(
             sources=self.sources, channels=self.channels, frames=self.frames,
             samplerate=self.samplerate, complete=complete,
-            ready_frames=self.frames if complete else self.ready_frames)
+            ready_frames=self.frames if complete else self.ready_frames,
+            final=Intervals.upto(self.frames).to_json() if complete else self.final.to_json())
         if self.record is not None:
             info["resume"] = self.record
         info.update(extra or {})
@@ -127,32 +159,37 @@ class StemBuffers:
         self.checkpoint()
 
     def checkpoint(self) -> None:
-        """Record `ready_frames` durably (see module docstring); a no-op without `begin`."""
+        """Record `final` durably (see module docstring); a no-op without `begin`."""
         if self.record is None:
             return
         self.save_index(complete=False)
         self._last_checkpoint = time.monotonic()
 
-    def set_ready(self, frames: int) -> None:
-        """Raise `ready_frames` (the separator's thread, after writing everything below it);
+    def set_final(self, final: Intervals) -> None:
+        """Publish a grown `final` (the separator's thread, after writing everything in it);
         checkpoint if one is due."""
-        self.ready_frames = frames
+        self.final = final
         due = time.monotonic() - self._last_checkpoint >= CHECKPOINT_EVERY_S
-        if self.record is not None and (due or frames == self.frames):
+        if self.record is not None and (due or self.complete):
             self.checkpoint()
+
+    def set_ready(self, frames: int) -> None:
+        """`set_final` of [0, frames)."""
+        self.set_final(Intervals.upto(frames))
 
     @classmethod
     def open(cls, directory: Path) -> StemBuffers:
         """Reopen stems (e.g. from the library), read-only; a partial run's stems are
-        readable below their recorded `ready_frames`."""
+        readable inside their recorded final intervals."""
         info = json.loads((Path(directory) / INDEX).read_text())
-        ready = None if info.get("complete", True) else int(info.get("ready_frames", 0))
+        final = None if info.get("complete", True) else final_of(
+            {"ready_frames": 0, **info})
         return cls(Path(directory), info["sources"], info["channels"], info["frames"],
-                   info["samplerate"], create=False, ready_frames=ready)
+                   info["samplerate"], create=False, final=final)
 
     @classmethod
     def resume(cls, directory: Path) -> StemBuffers:
-        """Reopen a checkpointed partial run for writing from its `ready_frames` on.
+        """Reopen a checkpointed partial run for writing outside its final intervals.
 
         Raises ValueError if the index is missing or does not match the files on disk."""
         info = read_index(directory)
@@ -165,7 +202,7 @@ class StemBuffers:
                 raise ValueError(f"{path} is missing or of the wrong size")
         stems = cls(Path(directory), info["sources"], int(info["channels"]),
                     int(info["frames"]), int(info["samplerate"]), create=False, writable=True,
-                    ready_frames=int(info["ready_frames"]))
+                    final=final_of(info))
         stems.record = info["resume"]
         return stems
 

@@ -18,6 +18,7 @@ import app.protocol
 from app.protocol import (
     Calibrate,
     Cancel,
+    Focus,
     JobNews,
     ModelKey,
     ModelNews,
@@ -131,6 +132,8 @@ MESSAGES = [
                            source_frames=480000, sources=("drums", "bass"), channels=2)),
     JobNews(3, JobEvent("ready", ready_frames=44100)),
     WorkerDied(-9),
+    Focus(3, 123_456),
+    JobNews(3, JobEvent("ready", ready_frames=0, final=((44100, 88200),))),
 ]
 
 
@@ -164,6 +167,36 @@ def test_the_service_reads_each_kind_of_news(qtbot) -> None:  # type: ignore[no-
     with qtbot.waitSignal(service.died) as died:
         service._from_reader(WorkerDied(-9))
     assert died.args == [-9]
+
+
+class _FocusedJob:
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+
+    def focus(self, frame: int) -> None:
+        self.frames.append(frame)
+
+
+def test_a_seek_reaches_the_running_job_and_its_islands_come_back(qtbot) -> None:  # type: ignore[no-untyped-def]
+    """GUI -> worker: a `Focus` for the running job moves it (another job's is dropped);
+    worker -> GUI: the job's final intervals grow the song's `LiveProgress` at once."""
+    from app.service import LiveProgress, SeparationService
+
+    child = _Child(FakeConn(), threading.Event())  # type: ignore[arg-type]
+    job = _FocusedJob()
+    child.during_job(Focus(7, 99_000), job, 7)  # type: ignore[arg-type]
+    child.during_job(Focus(8, 5), job, 7)  # type: ignore[arg-type]
+    assert job.frames == [99_000] and child.pending == []
+    service = SeparationService()
+    progress = LiveProgress()
+    service._live[4] = progress  # as `separate` registers it (no worker started here)
+    service._from_reader(JobNews(4, JobEvent("ready", ready_frames=0,
+                                             final=((90_000, 130_000),))))
+    service._from_reader(JobNews(4, JobEvent("ready", ready_frames=20_000,
+                                             final=((0, 20_000), (90_000, 170_000)))))
+    assert progress.final.spans == ((0, 20_000), (90_000, 170_000))
+    assert progress.ready_frames == 20_000
+    qtbot.wait(10)  # let the queued news reach the GUI thread before the service goes
 
 
 CHILD = """

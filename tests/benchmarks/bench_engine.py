@@ -6,6 +6,18 @@
     .venv/bin/python tests/benchmarks/bench_engine.py --core [--runtimes ...] [--repeat N]
     .venv/bin/python tests/benchmarks/bench_engine.py --whole-process [--seconds 60]
         [--cli-modes exact,openvino,openvino-bf16] [--repeat N]
+    .venv/bin/python tests/benchmarks/bench_engine.py --seek-first [--seconds 180]
+        [--repeat N] [--shifts 0] [--json FILE]
+
+`--seek-first`: a song of `--seconds` starts separating on the default backend (calibrated
+once, before the rounds); the listener seeks to 60 % of it as soon as the lanes appear (the
+"separating" stage) and, in a second measurement, half a chunk into the run (a network call
+is in flight then and finishes first). The time from the seek to the first "ready" event
+whose final intervals hold that frame, in seconds and as a multiple of one segment through
+the backend in use (`seek_first_audio_s`, `seek_first_over_segment` at the top level of the
+JSON, best of the rounds; `seek_first_midrun_*` for the second; `start_of_song_over_segment`:
+the same without a seek, to the song's first audio, as a control under the same load); each
+round a fresh process, the three kinds interleaved.
 
 `--core`: each core runtime's seconds per 7.8 s segment (torch fp32/bf16, OpenVINO f32/bf16,
 ONNX Runtime fp32), each in its own fresh process, rounds interleaved, best call of the best
@@ -228,9 +240,20 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1,
                     help="timing rounds, interleaved; each contender's best round counts")
     ap.add_argument("--one", nargs=3, metavar=("MODE", "REPO", "SONG"), help=argparse.SUPPRESS)
+    ap.add_argument("--seek-first", action="store_true",
+                    help="time from a seek to 60 %% to playable audio there")
+    ap.add_argument("--shifts", type=int, default=0, help="--seek-first: the shifts")
+    ap.add_argument("--backend", default="auto",
+                    help="--seek-first: the backend (auto: the calibrated default)")
+    ap.add_argument("--seek-one", nargs=5, metavar=("REPO", "SONG", "WHEN", "SHIFTS", "BACKEND"),
+                    help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         return run_one(*args.one)
+    if args.seek_one:
+        return seek_one(*args.seek_one)
+    if args.seek_first:
+        return run_seek_first(args)
     if args.core_one:
         return core_one(args.core_one[0], Path(args.core_one[1]), int(args.core_one[2]))
     if args.core or args.whole_process:
@@ -446,6 +469,107 @@ def core_rows(repo: Path, runtimes: list[str], rounds: int, calls: int,
                      "snr_vs_ref": None if runtime == ref_name else
                      _snr_min(outs[runtime], outs[ref_name]), "ref": ref_name})
     return rows
+
+
+# --- seek first: from a seek to 60 % to playable audio there -------------------------------
+
+SEEK_AT = 0.6
+
+
+def seek_one(repo: str, song: str, when: str, shifts: str, backend: str) -> int:
+    """One round in this fresh process: separate `song` on the default backend, seek to 60 %
+    `when` ("start": as the separating stage begins; "midrun": half a chunk after the first
+    region is ready), print the seconds to playable audio there and one segment's time."""
+    import threading
+
+    from engine.job import JobEvent, SeparationJob
+    from engine.pipeline import build_separator
+    from engine.separator import SeparationOptions
+
+    sep = build_separator(MODEL, repo=Path(repo), backend=backend,
+                          options=SeparationOptions(shifts=int(shifts), overlap=0.25, seed=0))
+    marks: dict[str, float] = {}
+    job: SeparationJob
+    target: list[int] = []
+
+    def seek() -> None:
+        marks["seek"] = time.perf_counter()
+        job.focus(target[0])
+
+    def on_event(e: JobEvent) -> None:
+        now = time.perf_counter()
+        if e.kind == "stage" and e.stage == "separating":
+            at = 0.0 if when == "baseline" else SEEK_AT
+            target.append(int(at * job.stems.frames))  # type: ignore[union-attr]
+            marks["start"] = now
+            if when in ("start", "baseline"):  # baseline: no seek, the song's start
+                seek()
+        elif e.kind == "ready" and "seek" not in marks and "first" not in marks:
+            marks["first"] = now
+            threading.Timer((now - marks["start"]) / 2, seek).start()
+        elif e.kind == "ready" and "seek" in marks and "play" not in marks:
+            if any(a <= target[0] < b for a, b in e.final):
+                marks["play"] = now
+                job.cancel()  # the rest is not measured
+
+    job = SeparationJob(Path(song), sep, on_event=on_event)
+    job.run()
+    print("RESULT " + json.dumps({"audio_s": marks["play"] - marks["seek"],
+                                  "segment_s": _segment_time(sep),
+                                  "backend": sep.backends[0].name}))
+    return 0
+
+
+def run_seek_first(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="demixer-bench-"))
+    repo = work / "real"
+    make_test_model(MODEL, repo, seed=0)
+    env = {**os.environ, "DEMIXER_HOME": str(work / "home"),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    song = _music(work / "song.wav", args.seconds)
+    warm = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from engine.pipeline import build_separator; from pathlib import Path; "
+            f"build_separator({MODEL!r}, repo=Path(sys.argv[2]), backend=sys.argv[3])",
+            str(ROOT), str(repo), args.backend]
+    print(f"calibrating / exporting once: {_child(warm, env)['wall_s']:.0f} s", flush=True)
+    rounds: dict[str, list[dict]] = {"start": [], "midrun": [], "baseline": []}
+    for rnd in range(args.repeat):  # interleaved, so a slow spell hits both
+        for when in rounds:
+            run = _child([sys.executable, __file__, "--seek-one", str(repo), str(song), when,
+                          str(args.shifts), args.backend], env)
+            line = [x for x in run["stdout"].splitlines() if x.startswith("RESULT ")][0]
+            r = json.loads(line[len("RESULT "):])
+            r["over_segment"] = r["audio_s"] / r["segment_s"]
+            rounds[when].append(r)
+            print(f"round {rnd + 1}: seek at {when}: {r['audio_s']:.2f} s to audio, segment "
+                  f"{r['segment_s']:.2f} s ({r['backend']}): {r['over_segment']:.2f}x",
+                  flush=True)
+    report = _seek_report(args, rounds)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _seek_report(args: argparse.Namespace, rounds: dict[str, list[dict]]) -> dict:
+    """Best round (lowest multiple of a segment) of each, and every round for the record."""
+    start = min(rounds["start"], key=lambda r: r["over_segment"])
+    mid = min(rounds["midrun"], key=lambda r: r["over_segment"])
+    base = min(rounds["baseline"], key=lambda r: r["over_segment"])
+    med = sorted(r["over_segment"] for r in rounds["start"])[len(rounds["start"]) // 2]
+    print(f"\nseek to {SEEK_AT:.0%} of {args.seconds:.0f} s, {start['backend']}, shifts "
+          f"{args.shifts}: {start['audio_s']:.2f} s = {start['over_segment']:.2f}x a segment "
+          f"(median {med:.2f}x); mid-run {mid['audio_s']:.2f} s = {mid['over_segment']:.2f}x; "
+          f"no seek, the song's start: {base['over_segment']:.2f}x")
+    return {"machine": machine(), "model": MODEL, "seconds": args.seconds, "seek_at": SEEK_AT,
+            "shifts": args.shifts, "overlap": 0.25, "backend": start["backend"],
+            "rounds": args.repeat,
+            "seek_first_audio_s": start["audio_s"],
+            "seek_first_over_segment": start["over_segment"],
+            "seek_first_over_segment_median": med,
+            "seek_first_midrun_audio_s": mid["audio_s"],
+            "seek_first_midrun_over_segment": mid["over_segment"],
+            "start_of_song_over_segment": base["over_segment"], "all_rounds": rounds}
 
 
 # --- whole processes: the demucs command against demixer separate ------------------------

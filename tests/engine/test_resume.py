@@ -56,12 +56,15 @@ def _check_resumes(sep: Separator, audio: np.ndarray, tmp_path: Path,
     stats = (float(mono.mean()), float(mono.std(ddof=1)))
     offsets = sep.draw_offsets()
     whole = StemBuffers(tmp_path / "whole", sep.sources, 2, audio.shape[1], 44100)
-    sep.separate(audio, *stats, whole, offsets=offsets)
+    dones: list[int] = []
+    sep.separate(audio, *stats, whole, offsets=offsets,
+                 on_progress=lambda p: dones.append(p.chunks_done))
     want = _stems(whole)
     passes = sep.plan(audio.shape[1], offsets)
     total = sum(len(p.chunks) for p in passes)
     skips = []
-    for stop in stops or range(1, total, every):
+    # a cut is a cancel before the last batch (one asked for during it comes too late)
+    for stop in stops or range(1, dones[-2] + 1, every):
         folder = tmp_path / f"cut{stop}"
         ready = _interrupted(sep, audio, stats, folder, offsets, stop)
         resumed = StemBuffers.resume(folder)
