@@ -13,6 +13,9 @@ the model's quality.
 
 With DEMIXER_SHOT_PRACTICE=1 it shows the practice tools instead (docs/practice.png): an
 A–B loop dragged on the ruler over bars 3–4, 80 % speed, +2 semitones, the bass soloed.
+With DEMIXER_SHOT_SEEK=1 (docs/seek-first.png) it seeks to 60 % of the song as soon as the
+separation starts, loops two bars there and grabs the window while the lanes show the
+separated parts as islands: the playhead's region first, the start of the song growing too.
 """
 
 from __future__ import annotations
@@ -106,7 +109,31 @@ def main(out: Path) -> int:
     stage = {"n": 0}
     during = {"path": os.environ.get("DEMIXER_SHOT_DURING")}  # also a picture mid-way
 
+    seeking = {"on": bool(os.environ.get("DEMIXER_SHOT_SEEK")), "sent": False, "ticks": 0}
+
+    def seek_first() -> None:
+        """Seek to 60 % (with a loop there) once separating; grab when there are islands."""
+        if not seeking["sent"]:
+            if item.state == State.SEPARATING and item.stage == "separating" and window.track:
+                bar = 4 * 60 / 112
+                a = int(0.6 * SECONDS * RATE)
+                window.track_view.timeline.loopRequested.emit(a, a + int(2 * bar * RATE))
+                window.seek(a)
+                window.play()
+                seeking["sent"] = True
+            return
+        final = window.track_view.timeline.final
+        if len(final) >= 2 or item.state == State.DONE:
+            seeking["ticks"] += 1
+            if seeking["ticks"] == 6 or item.state == State.DONE:
+                window.grab().save(str(out))
+                print(f"saved {out}: final {final!r}")
+                window.close()
+
     def poll() -> None:
+        if seeking["on"]:
+            seek_first()
+            return
         if (during["path"] and item.state == State.SEPARATING and item.stage == "separating"
                 and 0.4 < item.fraction < 0.7):
             window.grab().save(during["path"])
