@@ -36,12 +36,14 @@ def _peak_mb(src: Path, repo: Path, out: Path) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux /proc")
-def test_peak_rss_of_20_minutes_is_within_150_mb_of_1_minute(tiny_repo: Path,
+def test_peak_rss_of_10_minutes_is_within_150_mb_of_1_minute(tiny_repo: Path,
                                                              tmp_path: Path) -> None:
+    """Memory stays flat with the song's length (10 minutes here to keep the suite's time;
+    the benchmark measures 1 against 20 minutes: tests/benchmarks/bench_engine.py)."""
     short = write_long_wav(tmp_path / "one.wav", 60, 44100)
-    long = write_long_wav(tmp_path / "twenty.wav", 20 * 60, 44100)
+    long = write_long_wav(tmp_path / "ten.wav", 10 * 60, 44100)
     peak_short = _peak_mb(short, tiny_repo, tmp_path / "out")
     peak_long = _peak_mb(long, tiny_repo, tmp_path / "out")
-    print(f"peak RSS: 1 min {peak_short:.0f} MB, 20 min {peak_long:.0f} MB")
-    assert sf.info(tmp_path / "out/htdemucs_6s/twenty/vocals.wav").frames == 20 * 60 * 44100
+    print(f"peak RSS: 1 min {peak_short:.0f} MB, 10 min {peak_long:.0f} MB")
+    assert sf.info(tmp_path / "out/htdemucs_6s/ten/vocals.wav").frames == 10 * 60 * 44100
     assert peak_long - peak_short <= 150

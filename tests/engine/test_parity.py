@@ -101,8 +101,3 @@ def test_real_architecture_parity(real_repo: Path, tmp_path: Path) -> None:
     remainder are the same code at any size and are checked at every length with the tiny
     model above (the suite's time is kept for the backends' real-architecture runs)."""
     _check(real_repo, "htdemucs_6s", tmp_path, LENGTHS["short"], shifts=0)
-
-
-@pytest.mark.slow
-def test_real_architecture_parity_two_shifts(real_repo: Path, tmp_path: Path) -> None:
-    _check(real_repo, "htdemucs_6s", tmp_path, LENGTHS["short"], shifts=2)

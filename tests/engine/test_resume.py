@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from demucs.pretrained import get_model
 
-from engine.backends import TorchBackend
 from engine.errors import Cancelled
-from engine.separator import Progress, SeparationOptions, Separator
+from engine.separator import Progress, Separator
 from engine.stembuffers import StemBuffers, read_index
 from tests.engine.fakes import fake_separator as _fake_separator
 
@@ -121,14 +119,3 @@ def test_a_resume_can_be_interrupted_and_resumed_again(tmp_path: Path) -> None:
     assert first < sink.ready_frames < audio.shape[1]
     sep.separate(audio, *stats, sink, offsets=offsets)
     assert np.array_equal(_stems(sink), _stems(whole))
-
-
-def test_tiny_htdemucs_bag_resumes_bit_identically(tiny_repo: Path, tmp_path: Path) -> None:
-    """The real network (tiny HTDemucs, the htdemucs_ft bag of four): cut once, late enough
-    that every member skips chunks."""
-    bag = get_model("htdemucs_ft", repo=tiny_repo)
-    sep = Separator(bag.weights, [TorchBackend(m) for m in bag.models],
-                    SeparationOptions(shifts=0))
-    audio = (0.2 * np.random.default_rng(9).standard_normal((2, 600_000))).astype(np.float32)
-    assert [len(p.chunks) for p in sep.plan(600_000)] == [3] * 4
-    assert _check_resumes(sep, audio, tmp_path, [10]) == [4]  # one chunk of every member

@@ -60,8 +60,9 @@ def _whole_song(sep: Separator, audio: np.ndarray, mean: float, std: float) -> n
     return estimate * std32 + mean32
 
 
-@pytest.mark.parametrize("name,shifts", [("htdemucs_6s", 0), ("htdemucs_6s", 2),
-                                         ("htdemucs_ft", 1)])
+# (shifts and bags: their streamed stems are checked against demucs in test_parity and,
+# in any completion order, against an in-order run in test_seek)
+@pytest.mark.parametrize("name,shifts", [("htdemucs_6s", 0)])
 def test_streamed_equals_whole_song_bit_for_bit(tiny_repo: Path, tmp_path: Path, name: str,
                                                 shifts: int) -> None:
     rng = np.random.default_rng(3)
@@ -149,7 +150,7 @@ def test_cancel_during_writing_removes_the_stems_already_written(tiny_repo: Path
     assert not any(p.is_file() for p in out.rglob("*")) if out.exists() else True
 
 
-@pytest.mark.parametrize("shifts", [0, 2])
+@pytest.mark.parametrize("shifts", [0])
 def test_first_region_is_finished_before_the_next_network_call(tiny_repo: Path,
                                                                tmp_path: Path,
                                                                shifts: int) -> None:
