@@ -10,15 +10,20 @@ too (two windows in one test process behave as two processes would).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+
+from engine.atomicio import try_lock
 
 
 class FileLock:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if not _try_lock(self.fd):
+        try:
+            locked = try_lock(self.fd)
+        except OSError:
+            locked = False  # a file system without locks: nobody can be sure to hold it
+        if not locked:
             os.close(self.fd)
             self.fd = None
             raise BlockingIOError(f"{self.path} is held by another process")
@@ -27,24 +32,6 @@ class FileLock:
         if self.fd is not None:
             os.close(self.fd)  # closing the file releases its lock
             self.fd = None
-
-
-def _try_lock(fd: int) -> bool:
-    if sys.platform == "win32":  # pragma: no cover - Windows: a byte-range lock
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 def held_elsewhere(path: Path) -> bool:

@@ -15,10 +15,32 @@ from __future__ import annotations
 import errno
 import os
 import secrets
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+
+def try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking advisory lock on an open file; False if another open file
+    holds it. The system drops it when its holder dies, so a killed process never leaves a
+    stale lock (unlike a PID file)."""
+    if sys.platform == "win32":  # pragma: no cover - Windows: a byte-range lock
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def fsync_path(path: Path) -> None:

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import __version__
-from engine.atomicio import fsync_path, write_text_atomic
+from engine.atomicio import fsync_path, try_lock, write_text_atomic
 from engine.download import file_sha256
 from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.onnx_export import (
@@ -195,26 +194,6 @@ def find_onnx(key: OnnxKey, root: Path | None = None) -> CachedOnnx | None:
 # --- locking and atomic publication -----------------------------------------------------------
 
 
-def _try_lock(fd: int) -> bool:
-    """An exclusive, non-blocking lock on an open file; False if another process holds it.
-    The system drops it when its holder dies, so a killed export never blocks."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 @contextmanager
 def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: CancelFlag | None = None,
                on_wait: Callable[[], None] | None = None,
@@ -225,7 +204,7 @@ def entry_lock(lock_path: Path, *, blocking: bool = True, cancel: CancelFlag | N
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         waited = False
-        while not _try_lock(fd):
+        while not try_lock(fd):
             if not blocking:
                 yield False
                 return
