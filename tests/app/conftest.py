@@ -11,12 +11,14 @@ import shutil  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 
 from app.library import Library  # noqa: E402
 from app.mainwindow import MainWindow  # noqa: E402
 from app.settings import Settings  # noqa: E402
+from tests.app.helpers import RATE, make_entry, stems_audio  # noqa: E402
 from tests.conftest import seed_onnx_cache  # noqa: E402
 from tests.engine.audio_files import sine_mix, write_wav  # noqa: E402
 
@@ -129,3 +131,19 @@ def window(make_window) -> MainWindow:  # type: ignore[no-untyped-def]
 def song(tmp_path: Path) -> Path:
     """Four seconds of stereo sines at 44.1 kHz: one chunk for the tiny model."""
     return write_wav(tmp_path / "song.wav", sine_mix(4.0, 44100, amplitude=0.4), 44100)
+
+
+@pytest.fixture
+def stems(request: pytest.FixtureRequest) -> dict[str, np.ndarray]:
+    """Four stems of music-like audio, `SECONDS` long (the test module's, else 3)."""
+    return stems_audio(getattr(request.module, "SECONDS", 3) * RATE)
+
+
+@pytest.fixture
+def shown(make_window, stems):  # type: ignore[no-untyped-def]
+    """A window showing a finished four-stem song from the library."""
+    entry = make_entry(Library(), "Song", stems)
+    window = make_window()
+    window.show_entry(entry)
+    assert window.track is not None
+    return window, entry

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
+from app.export import ExportDialog
 from app.library import Library, LibraryEntry, copy_mix
 from app.track import TrackAudio, make_lanes
 from engine.stembuffers import StemBuffers
@@ -70,3 +73,16 @@ def growing_track(folder: Path, stems: dict[str, np.ndarray], ready: int,
     track = TrackAudio("growing", reader, StemBuffers.open(folder / "mix"),
                        make_lanes(list(stems), two_stems), progress=progress)
     return track, progress
+
+
+def run_export(window: Any, monkeypatch: Any, qtbot: Any,
+               choose: Callable[[ExportDialog], None]) -> list[Path]:
+    """Run File ▸ Export with the dialog answered by `choose(dialog)`; the written files."""
+    def answer(dialog: ExportDialog) -> int:
+        choose(dialog)
+        return ExportDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(ExportDialog, "exec", answer)
+    with qtbot.waitSignal(window.exporter.finished, timeout=30000) as finished:
+        window.export_action.trigger()
+    return finished.args[0]

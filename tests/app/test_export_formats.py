@@ -11,39 +11,13 @@ import numpy as np
 import pytest
 
 from app.export import ExportDialog, drag_export, keep_both, plan_stem_mp4
-from app.library import Library
 from engine.stemmp4 import default_stem_map
 from engine.writers import OutputFormat
-from tests.app.helpers import RATE, make_entry, stems_audio
+from tests.app.helpers import RATE, run_export
 from tests.engine.test_m4a import snr_db
 from tests.engine.test_stemmp4 import walk
 
 SECONDS = 2
-
-
-@pytest.fixture
-def stems() -> dict[str, np.ndarray]:
-    return stems_audio(SECONDS * RATE)
-
-
-@pytest.fixture
-def shown(make_window, stems):  # type: ignore[no-untyped-def]
-    entry = make_entry(Library(), "Song", stems)
-    window = make_window()
-    window.show_entry(entry)
-    assert window.track is not None
-    return window, entry
-
-
-def _export(window, monkeypatch, qtbot, choose) -> list[Path]:  # type: ignore[no-untyped-def]
-    def answer(dialog: ExportDialog) -> int:
-        choose(dialog)
-        return ExportDialog.DialogCode.Accepted
-
-    monkeypatch.setattr(ExportDialog, "exec", answer)
-    with qtbot.waitSignal(window.exporter.finished, timeout=30000) as finished:
-        window.export_action.trigger()
-    return finished.args[0]
 
 
 def _decode(path: Path) -> list[np.ndarray]:
@@ -76,7 +50,7 @@ def test_ni_stems_from_the_dialog_with_an_edited_mapping(shown, stems, tmp_path,
         dialog.stem_map.setText("drums;bass;Keys=other;vocals")
         assert "3 Keys = other" in dialog.map_hint.text()
 
-    [path] = _export(window, monkeypatch, qtbot, choose)
+    [path] = run_export(window, monkeypatch, qtbot, choose)
     assert path == tmp_path / "Song.stem.mp4"
     boxes = walk(path.read_bytes())
     meta = json.loads(next(b[3] for b in boxes if b[0] == "moov/udta/stem"))
@@ -118,7 +92,7 @@ def test_aac_at_the_bit_rate_chosen_in_the_dialog(shown, stems, tmp_path, monkey
         dialog.checks[2].setChecked(False)
         dialog.checks[3].setChecked(False)  # bass only
 
-    [path] = _export(window, monkeypatch, qtbot, choose)
+    [path] = run_export(window, monkeypatch, qtbot, choose)
     assert path == tmp_path / "bass.m4a"
     with av.open(str(path)) as container:
         stream = container.streams.audio[0]
@@ -153,7 +127,7 @@ def test_replace_keep_both_cancel_for_an_ni_stems_file(shown, tmp_path, monkeypa
         qtbot.wait(300)
         assert not window.exporter.busy and [p.name for p in tmp_path.iterdir()] == [theirs.name]
     else:
-        [path] = _export(window, monkeypatch, qtbot, choose)
+        [path] = run_export(window, monkeypatch, qtbot, choose)
         expected = theirs if answer == "Replace" else tmp_path / "Song (2).stem.mp4"
         assert path == expected and path.read_bytes()[4:12] == b"ftypM4A "
         if answer == "Keep Both":

@@ -15,24 +15,9 @@ from app.export import ExportDialog
 from app.library import Library
 from app.reveal import reveal_title
 from app.track import slider_gain
-from tests.app.helpers import RATE, make_entry, stems_audio
+from tests.app.helpers import RATE, make_entry, run_export
 
 SECONDS = 3
-
-
-@pytest.fixture
-def stems() -> dict[str, np.ndarray]:
-    return stems_audio(SECONDS * RATE)
-
-
-@pytest.fixture
-def shown(make_window, stems):  # type: ignore[no-untyped-def]
-    """A window showing a finished four-stem song from the library."""
-    entry = make_entry(Library(), "Song", stems)
-    window = make_window()
-    window.show_entry(entry)
-    assert window.track is not None
-    return window, entry
 
 
 def test_mute_solo_and_volume_set_the_mixers_gains(shown, qtbot) -> None:  # type: ignore[no-untyped-def]
@@ -114,18 +99,6 @@ def test_an_output_device_that_disappears_pauses_with_a_message(shown, qtbot) ->
     assert window.mixer.playing and window.output.is_open
 
 
-def _export(window, monkeypatch, qtbot, choose) -> list[Path]:  # type: ignore[no-untyped-def]
-    """Run File ▸ Export with the dialog answered by `choose(dialog)`; the written files."""
-    def answer(dialog: ExportDialog) -> int:
-        choose(dialog)
-        return ExportDialog.DialogCode.Accepted
-
-    monkeypatch.setattr(ExportDialog, "exec", answer)
-    with qtbot.waitSignal(window.exporter.finished, timeout=20000) as finished:
-        window.export_action.trigger()
-    return finished.args[0]
-
-
 def test_export_the_current_mix_equals_what_is_heard(shown, stems, tmp_path, monkeypatch,  # type: ignore[no-untyped-def]
                                                      qtbot) -> None:
     window, _ = shown
@@ -139,7 +112,7 @@ def test_export_the_current_mix_equals_what_is_heard(shown, stems, tmp_path, mon
         dialog.depth_box.setCurrentIndex(dialog.depth_box.findData("float32"))
         dialog.folder.setText(str(tmp_path / "out"))
 
-    [path] = _export(window, monkeypatch, qtbot, choose)
+    [path] = run_export(window, monkeypatch, qtbot, choose)
     assert path == tmp_path / "out" / "Song (no vocals).wav"
     audio, rate = sf.read(path, dtype="float32", always_2d=True)
     expected = (stems["drums"] + np.float32(0.25) * stems["bass"] + stems["other"]).T
@@ -164,7 +137,7 @@ def test_export_selected_stems_in_24_bit_flac(shown, stems, tmp_path, monkeypatc
         dialog.depth_box.setCurrentIndex(dialog.depth_box.findData("int24"))
         dialog.folder.setText(str(tmp_path))
 
-    paths = _export(window, monkeypatch, qtbot, choose)
+    paths = run_export(window, monkeypatch, qtbot, choose)
     assert [p.name for p in paths] == ["bass.flac", "vocals.flac"]
     for path in paths:
         info = sf.info(path)
@@ -187,7 +160,7 @@ def test_two_stem_mode_has_vocals_and_instrumental_lanes(make_window, stems, tmp
         dialog.depth_box.setCurrentIndex(dialog.depth_box.findData("float32"))
         dialog.folder.setText(str(tmp_path))
 
-    paths = _export(window, monkeypatch, qtbot, choose)
+    paths = run_export(window, monkeypatch, qtbot, choose)
     assert [p.name for p in paths] == ["vocals.wav", "instrumental.wav"]
     instrumental, _ = sf.read(paths[1], dtype="float32", always_2d=True)
     np.testing.assert_allclose(instrumental, (stems["drums"] + stems["bass"] + stems["other"]).T,
@@ -222,7 +195,7 @@ def test_exporting_over_existing_files_asks_first(shown, stems, tmp_path, monkey
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
         written: list[Path] = []
     else:
-        written = _export(window, monkeypatch, qtbot, choose)
+        written = run_export(window, monkeypatch, qtbot, choose)
         assert window.statusBar().currentMessage() == f"Exported 4 file(s) to {tmp_path}."
     [(title, text, buttons)] = asked.questions
     assert buttons == ["Replace", "Keep Both", "Cancel"]
