@@ -113,15 +113,17 @@ class TorchBackend:
 
 def check_device(device: str) -> str:
     """Validate a torch device name early, with one sentence instead of a traceback."""
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise DemixerError(f"Unknown device '{device}'; use cpu, cuda or mps.")
+    if kind == "cpu":
+        return device  # without importing torch: a cached start may not need it
     import torch
 
-    kind = device.split(":")[0]
     if kind == "cuda" and not torch.cuda.is_available():
         raise DemixerError("Device 'cuda' is not available on this machine; use -d cpu.")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise DemixerError("Device 'mps' is not available on this machine; use -d cpu.")
-    if kind not in ("cpu", "cuda", "mps"):
-        raise DemixerError(f"Unknown device '{device}'; use cpu, cuda or mps.")
     return device
 
 

@@ -81,12 +81,12 @@ def _torch_build(device: str, precision: str) -> BuildFn:
 
 
 def _torch_kinds() -> list[KindStatus]:
-    import torch
-
     cpu = KindStatus("torch", tuple(Candidate("torch", p, "cpu", _torch_build("cpu", p))
                                     for p in ("fp32", "bf16")))
     if sys.platform != "darwin":
-        return [cpu]
+        return [cpu]  # without importing torch: a cached start may not need it at all
+    import torch  # pragma: no cover - macOS only
+
     if not torch.backends.mps.is_available():  # pragma: no cover - macOS only
         return [cpu, KindStatus("torch-mps", (), "PyTorch cannot use this Mac's GPU (MPS)")]
     mps = tuple(Candidate("torch", p, "mps", _torch_build("mps", p))  # pragma: no cover

@@ -144,6 +144,8 @@ class FallbackBackend:
 def fallback_backends(candidates: Sequence[Candidate], bag: Any, resolved: Any,
                       progress: Callable[[Any], None] | None = None,
                       cancel: CancelFlag | None = None) -> list[FallbackBackend]:
-    """One `FallbackBackend` per member of `bag`, over `candidates` (fastest first)."""
+    """One `FallbackBackend` per member of the model `resolved` (one checkpoint each), over
+    `candidates` (fastest first). `bag` may be a `pipeline.LazyBag`: counting the members
+    does not load it."""
     handover = Handover(candidates, lambda c: c.build(bag, resolved, progress, cancel))
-    return [FallbackBackend(handover, m) for m in range(len(bag.models))]
+    return [FallbackBackend(handover, m) for m in range(len(resolved.checkpoints))]

@@ -44,9 +44,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.core import CoreShapes
 from engine.errors import CancelFlag, DemixerError, check_cancel
 from engine.mlx_spec import CoreSpec
+from engine.shapes import CoreShapes
 
 if TYPE_CHECKING:
     import mlx.core as mx

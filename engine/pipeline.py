@@ -77,6 +77,26 @@ def _exported_backends(bag: Any, resolved: ResolvedModel, kind: str, precision: 
                                          progress=progress, cancel=cancel, threads=threads))
 
 
+class LazyBag:
+    """The model's loaded checkpoints (demucs's `BagOfModels`), unpickled - importing torch -
+    on first use: a calibrated start whose chosen backend runs from its cache (OpenVINO,
+    ONNX Runtime, MLX) never loads them, which saves torch's start-up and about 400 MB of
+    peak memory. Any attribute (`models`, `weights`...) loads it."""
+
+    def __init__(self, resolved: ResolvedModel) -> None:
+        self._resolved = resolved
+        self._bag: Any = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._bag is not None
+
+    def __getattr__(self, name: str) -> Any:  # only for names the proxy itself lacks
+        if self._bag is None:
+            self._bag = load_model(self._resolved)
+        return getattr(self._bag, name)
+
+
 def bag_weights(resolved: ResolvedModel, sources: int) -> list[list[float]]:
     """The bag's weights (member x source) as demucs's `BagOfModels` sets them: the bag
     file's, else all ones - without loading the checkpoints."""
@@ -131,9 +151,10 @@ def build_separator(name: str, *, repo: Path | None = None, backend: str = "auto
         check_exported_precision(kind, precision)
     resolved = resolve_model(name, repo, download=download, progress=progress, cancel=cancel)
     if uses_calibration(backend, precision, compute_units, device):
-        bag: Any = load_model(resolved)
-        backends = calibrated_backends(bag, resolved, quality, progress=calibrate_progress,
+        lazy_bag = LazyBag(resolved)
+        backends = calibrated_backends(lazy_bag, resolved, quality, progress=calibrate_progress,
                                        convert_progress=convert_progress, cancel=cancel)
+        bag: Any = lazy_bag if lazy_bag.loaded else None
     else:
         lazy = kind == "mlx" or kind in EXPORTED_KINDS
         bag = None if lazy else load_model(resolved)

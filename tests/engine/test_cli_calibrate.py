@@ -199,3 +199,32 @@ def test_calibration_on_a_mac_runs_every_coreml_and_mlx_candidate(
     with capsys.disabled():
         sys.stdout.write(table)  # the table of this Mac, in the test log
     assert "coreml" in table and "mlx" in table
+
+
+def test_a_start_calibrated_onto_openvino_loads_no_checkpoint_and_no_torch(
+        tiny_repo: Path, tiny_onnx_root: Path, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`--backend auto` whose cached choice runs from the ONNX cache: the checkpoints are
+    never unpickled and torch is never imported (its import and the weights cost about 4 s
+    and 300 MB of peak memory in a whole-process run of a 1-minute song)."""
+    import subprocess
+
+    from tests.engine.test_openvino_backend import REPO_ROOT, WARM_START
+
+    seed_onnx_cache(tiny_onnx_root, data_dir())
+    assert main(["models", "calibrate", "htdemucs_6s", "--repo", str(tiny_repo), "--json"]) == 0
+    capsys.readouterr()
+    [stored] = cache_dir().glob("*.json")
+    data = json.loads(stored.read_text())
+    for m in data["measurements"]:
+        if (m["backend"], m["precision"]) == ("openvino", "fp32"):
+            m["seconds"] = 1e-3  # the fastest, so the default quality's choice
+    stored.write_text(json.dumps(data))
+    src = write_wav(tmp_path / "song.wav", sine_mix(1.0, 44100), 44100)
+    run = subprocess.run([sys.executable, "-c", WARM_START, "separate", str(src), "--repo",
+                          str(tiny_repo), "-o", str(tmp_path / "out"), "--shifts", "0"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, check=False, timeout=300)
+    lines = run.stdout.strip().splitlines()
+    assert lines and lines[-1] == "RC 0 False False", run.stdout + run.stderr
+    assert "calibrated" not in run.stderr  # the cached calibration was used
+    assert len(list((tmp_path / "out" / "htdemucs_6s" / "song").glob("*.wav"))) == 6
