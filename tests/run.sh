@@ -28,4 +28,10 @@ PY=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 export QT_QPA_PLATFORM=offscreen
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist), a test file each at a time (its module fixtures, e.g. a
+# conversion, are made once): alone the suite keeps only 1.1 of the 2 cores busy (subprocesses,
+# Qt event loops and file I/O wait). DEMIXER_TEST_WORKERS=0 runs it in one process.
+workers=${DEMIXER_TEST_WORKERS:-2}
+parallel=()
+[ "$workers" = 0 ] || parallel=(-n "$workers" --dist loadfile)
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" "$@"

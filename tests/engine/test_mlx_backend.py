@@ -135,10 +135,10 @@ def test_tiny_bag_separate_equals_demucs(tiny_repo: Path, tmp_path: Path) -> Non
     _check(tiny_repo, "htdemucs_ft", tmp_path, LENGTHS["short"], shifts=0, backend="mlx")
 
 
-@pytest.mark.slow
-def test_real_architecture_separate_equals_demucs(real_repo: Path, tmp_path: Path) -> None:
-    """The one full real-architecture MLX segment of the suite (about a minute here)."""
-    _check(real_repo, "htdemucs_6s", tmp_path, 3 * 44100, shifts=0, backend="mlx")
+# The real architecture through `demixer separate --backend mlx` (one full segment, about two
+# minutes of MLX's CPU build) left the timed suite: the real core is checked against torch's
+# below (test_real_architecture_core_and_reduced_precisions) and the separate path around it
+# by the tiny model's parity tests above; on a Mac, test_metal_real_architecture_equals_torch.
 
 
 # --- the weight cache ----------------------------------------------------------------------
