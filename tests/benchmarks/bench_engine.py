@@ -54,6 +54,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -113,7 +114,6 @@ def run_demucs(repo: Path, song: Path) -> tuple[float, dict[str, np.ndarray]]:
 
 
 def run_mode(repo: Path, song: Path, mode: str) -> dict:
-    from engine.job import JobEvent, SeparationJob
     from engine.pipeline import build_separator
     from engine.separator import SeparationOptions
 
@@ -121,32 +121,25 @@ def run_mode(repo: Path, song: Path, mode: str) -> dict:
     units = "cpu_and_gpu" if mode == "coreml-gpu" else "all"
     sep = build_separator(MODEL, repo=repo, backend=backend, options=SeparationOptions(
         shifts=0, overlap=0.25), precision=precision, compute_units=units)
-    first: list[float] = []
-    t0 = time.perf_counter()
-
-    def on_event(e: JobEvent) -> None:
-        if e.kind == "ready" and e.ready_frames > 0 and not first:
-            first.append(time.perf_counter() - t0)
-
-    stems_dir = Path(tempfile.mkdtemp(prefix="bench-stems-"))
-    job = SeparationJob(song, sep, stems_dir=stems_dir, on_event=on_event)
-    result = job.run()
-    seconds = time.perf_counter() - t0
-    assert result.ok, result.error
+    job, seconds, first = _timed_job(song, sep)
+    assert job.result.ok, job.result.error
     assert job.stems is not None
     stems = {s: job.stems.read(s, 0, job.stems.frames) for s in sep.sources}
     extra = {}
     if backend == "mlx":
         extra["device"] = str(sep.backends[0].device)  # type: ignore[attr-defined]
-    warm = _first_audio_again(song, sep)
-    return {"seconds": seconds, "first_playable_s": first[0], "stems": stems,
+    # Another song on the same, already used separator: what every song after the first
+    # gets (the app keeps its model loaded), without the first network call's and first post
+    # stage's one-time costs; stopped at its first audio.
+    again, _, warm = _timed_job(song, sep, stop_at_first=True)
+    shutil.rmtree(again.stems_dir, ignore_errors=True)
+    return {"seconds": seconds, "first_playable_s": first, "stems": stems,
             "segment_s": _segment_time(sep), "first_playable_warm_s": warm, **extra}
 
 
-def _first_audio_again(song: Path, sep: object) -> float:
-    """First playable audio of another song on the same, already used separator: what every
-    song after the first gets (the app keeps its model loaded), without the first network
-    call's and first post stage's one-time costs. The job is cancelled at that point."""
+def _timed_job(song: Path, sep: Any, stop_at_first: bool = False) -> tuple[Any, float, float]:
+    """A `SeparationJob` of `song` on `sep`, run here: (the job, seconds to its end, seconds
+    to its first playable audio); `stop_at_first` cancels it at that point."""
     from engine.job import JobEvent, SeparationJob
 
     first: list[float] = []
@@ -155,14 +148,14 @@ def _first_audio_again(song: Path, sep: object) -> float:
     def on_event(e: JobEvent) -> None:
         if e.kind == "ready" and e.ready_frames > 0 and not first:
             first.append(time.perf_counter() - t0)
-            jobs[0].cancel_event.set()
+            if stop_at_first:
+                jobs[0].cancel_event.set()
 
     stems_dir = Path(tempfile.mkdtemp(prefix="bench-stems-"))
-    jobs.append(SeparationJob(song, sep, stems_dir=stems_dir, on_event=on_event))  # type: ignore[arg-type]
+    jobs.append(SeparationJob(song, sep, stems_dir=stems_dir, on_event=on_event))
     t0 = time.perf_counter()
     jobs[0].run()
-    shutil.rmtree(stems_dir, ignore_errors=True)
-    return first[0]
+    return jobs[0], time.perf_counter() - t0, first[0]
 
 
 def _segment_time(sep: object) -> float:
@@ -643,11 +636,10 @@ import sys
 from pathlib import Path
 import demucs.pretrained
 from demucs_onnx.export import export_to_onnx
-repo, out = sys.argv[1:]
+repo_dir, out = Path(sys.argv[1]), sys.argv[2]
 get_model = demucs.pretrained.get_model
 # its loader takes a pretrained name (from the Hub) or a pickled model, not a repo's package
-demucs.pretrained.get_model = lambda name, repo=None: get_model(name, repo=Path(repo_dir))
-repo_dir = repo
+demucs.pretrained.get_model = lambda name, repo=None: get_model(name, repo=repo_dir)
 export_to_onnx("htdemucs_6s", out, verbose=False)
 """
 
