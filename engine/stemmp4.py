@@ -41,10 +41,10 @@ from engine.writers import (
     MixSignal,
     OutputFormat,
     io_reason,
-    partial_path,
     peak_of,
     prevent_clip,
     rescale_divisor,
+    staged_temp,
 )
 
 STEM_MP4_SUFFIX = ".stem.mp4"
@@ -198,9 +198,8 @@ def _write_temp(path: Path, signals: list[MixSignal], slots: StemMap, fmt: Outpu
     divisor = np.float32(1.0)
     if fmt.clip_mode == "rescale":
         divisor = rescale_divisor(max(peak_of(s.blocks(cancel, path)) for s in signals))
-    tmp = partial_path(path)
     first = signals[0]
-    try:
+    with staged_temp(path) as tmp:
         writer = M4aWriter(tmp, fmt.container, first.rate_out, first.channels,
                            streams=len(signals), sample_format=fmt.sample_format,
                            bitrate_kbps=fmt.aac_bitrate, tags=tags)
@@ -215,9 +214,6 @@ def _write_temp(path: Path, signals: list[MixSignal], slots: StemMap, fmt: Outpu
         payload = json.dumps(stem_metadata(slots), ensure_ascii=False).encode("utf-8")
         add_moov_udta_box(tmp, b"stem", payload)
         fsync_path(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return tmp
 
 

@@ -27,6 +27,7 @@ import secrets
 import shutil
 import struct
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
@@ -522,13 +523,32 @@ def _disk_nearly_full(folder: Path) -> bool:
         return False
 
 
+@contextmanager
+def staged_temp(path: Path) -> Iterator[Path]:
+    """A hidden temporary name beside `path` for the body to write; removed if the body fails.
+    libsndfile and FFmpeg say "System error" for a full disk: the free space is judged while
+    the failed temporary still holds what it took (after the unlink there may be room again),
+    and a full disk is raised as ENOSPC, so `io_reason` names it."""
+    tmp = partial_path(path)
+    try:
+        yield tmp
+    except (sf.SoundFileError, av.FFmpegError) as err:
+        full = _disk_nearly_full(tmp.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path)) from err
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _write_temp(path: Path, signal: MixSignal, fmt: OutputFormat,
                 cancel: CancelFlag | None) -> Path:
     divisor = np.float32(1.0)
     if fmt.clip_mode == "rescale":  # a first pass for the peak, as the whole song is not in RAM
         divisor = rescale_divisor(peak_of(signal.blocks(cancel, path)))
-    tmp = partial_path(path)
-    try:
+    with staged_temp(path) as tmp:
         encoder = _open_encoder(tmp, fmt, signal.rate_out, signal.channels, signal.frames)
         try:
             for block in signal.blocks(cancel, path):
@@ -537,7 +557,4 @@ def _write_temp(path: Path, signal: MixSignal, fmt: OutputFormat,
         finally:
             encoder.close()
         fsync_path(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return tmp

@@ -341,3 +341,22 @@ def test_streams_without_loading_the_song(tmp_path: Path) -> None:
     assert peak < 6 * 2**20, f"{peak / 2**20:.1f} MB"
     back, _ = _read(tmp_path / "out.wav")
     assert back.shape == (2, 40 * 48000) and 0.98 < np.abs(back).max() < 0.995
+
+
+def test_a_full_disk_is_named_even_when_the_library_says_only_system_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """libsndfile reports a full disk as "System error"; the free space is judged while the
+    failed temporary still holds its space (removing it can free more than the threshold)."""
+    def broken_write(self: object, block: np.ndarray) -> None:
+        raise sf.LibsndfileError(2, "System error")
+
+    def full_while_a_temporary_is_there(folder: Path) -> bool:
+        return any(p.name.startswith(".") for p in folder.iterdir())
+
+    monkeypatch.setattr(writers._SoundfileEncoder, "write", broken_write)
+    monkeypatch.setattr(writers, "_disk_nearly_full", full_while_a_temporary_is_there)
+    path = tmp_path / "drums.wav"
+    with pytest.raises(DemixerError) as info:
+        write_audio(path, [sine_mix(3.0, RATE)], RATE)
+    assert str(info.value) == f"{path} cannot be written (the disk is full)."
+    assert list(tmp_path.iterdir()) == []
